@@ -1,0 +1,200 @@
+"""Typed YAML configuration: every key is known, every value checked, errors name the field.
+
+A config file is a mapping of sections (model, pre, prior, finetune, ...). Missing keys take
+the defaults below; an unknown key or a value of the wrong type is an error that names the
+file and the dotted field and lists the valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    width: float = 1.0  # MobileNetV2 width multiplier
+    channels: int = 8  # C: channels of the fused stride-16 map
+    align_size: int = 9  # A: RoI/RoD output size
+    short_side: int = 256  # network input: short side, before rounding to a multiple of 32
+    hidden: int = 768  # objective head, first layer
+    feature_dim: int = 128  # h_k, the crop feature
+    embed_dim: int = 16  # preference space: e_0, d_u, g
+    context_dim: int = 32  # dual-attention image context
+    dropout: float = 0.5
+    personal_head: bool = False  # a small per-user linear head over g, kept on the device
+    backbone_weights: Optional[str] = None  # local torchvision MobileNetV2 state_dict; never downloaded
+
+
+@dataclass
+class PreConfig:
+    epochs: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    smooth_l1_weight: float = 1.0
+    rank_weight: float = 0.0
+    pretext_weight: float = 0.0  # annotator-classification pretext (CPC-style data with per-annotator scores)
+    max_images: Optional[int] = None
+
+
+@dataclass
+class PriorConfig:
+    epochs: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    rank_weight: float = 0.8
+    smooth_l1_weight: float = 1.0
+    schedule: str = "interleaved"  # interleaved (shuffle all users' images) | sequential (user after user)
+    max_images_per_user: Optional[int] = None
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    shots: int = 5
+    rank_weight: float = 1.0
+    smooth_l1_weight: float = 0.8
+    mode: str = "fast"  # fast: d_u (+ personal head) on cached crop features | full: every weight
+    delta_l2: float = 0.0  # pull d_u towards 0 (the population prior)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pre: PreConfig = field(default_factory=PreConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+_CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "prior.schedule": ("interleaved", "sequential"),
+    "finetune.mode": ("fast", "full"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"{dotted}: unknown key; valid keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+        choices = _CHOICES.get(dotted.split(":", 1)[-1])
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"{dotted}: must be one of {', '.join(choices)}, got {kwargs[key]!r}")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict:
+    """A plain mapping (for checkpoints and logs)."""
+    return dataclasses.asdict(config)
+
+
+def load_config(path: Optional[Union[str, Path]] = None, cls: type = Config, overrides: Optional[dict] = None) -> Any:
+    """Read a YAML config (or take the defaults), apply `overrides` (dotted keys), validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{line} malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+        node[parts[-1]] = value
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
