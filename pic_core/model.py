@@ -36,6 +36,11 @@ class CropFeatures:
     objective: Tensor  # (K,) objective score s_obj
     preference: Tensor  # (K, E) g_k
     batch_index: Tensor  # (K,) image of each candidate
+    hidden: Tensor  # (K, feature_dim) h_k (the pretext head reads it)
+
+    def detach(self) -> "CropFeatures":
+        return CropFeatures(self.objective.detach(), self.preference.detach(), self.batch_index,
+                            self.hidden.detach())
 
 
 def box_geometry(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -117,14 +122,21 @@ class CropScorer(nn.Module):
         objective = self.objective_out(hidden).squeeze(1)
         batch = boxes[:, 0].long()
         inputs = torch.cat([hidden, encoding.context[batch], box_geometry(boxes, encoding.image_size)], dim=1)
-        return CropFeatures(objective, self.preference(inputs), batch)
+        return CropFeatures(objective, self.preference(inputs), batch, hidden)
 
     def user_embedding(self, delta: Optional[Tensor] = None) -> Tensor:
         """e_u = e_0 + d_u; `delta` overrides the stored d_u ((E,) or one row per image)."""
         return self.prior_embedding + (self.personal.delta if delta is None else delta)
 
-    def combine(self, features: CropFeatures, delta: Optional[Tensor] = None, personal: bool = True) -> Tensor:
-        """Scores from cached crop features. personal=False scores with e_0 alone (generic)."""
+    def combine(self, features: CropFeatures, delta: Optional[Tensor] = None, personal: bool = True,
+                subjective: bool = True) -> Tensor:
+        """Scores from cached crop features.
+
+        personal=False scores with e_0 alone (the generic model); subjective=False returns the
+        objective score alone (the pre stage trains only that part).
+        """
+        if not subjective:
+            return features.objective
         if personal:
             embedding = self.user_embedding(delta)
         else:
@@ -139,6 +151,7 @@ class CropScorer(nn.Module):
             score = score + self.personal.head(features.preference).squeeze(1)
         return score
 
-    def forward(self, images: Tensor, boxes: Tensor, delta: Optional[Tensor] = None, personal: bool = True) -> Tensor:
+    def forward(self, images: Tensor, boxes: Tensor, delta: Optional[Tensor] = None, personal: bool = True,
+                subjective: bool = True) -> Tensor:
         """images (N, 3, H, W) normalized; boxes (K, 5) in input pixels -> scores (K,)."""
-        return self.combine(self.crop_features(self.encode(images), boxes), delta, personal)
+        return self.combine(self.crop_features(self.encode(images), boxes), delta, personal, subjective)

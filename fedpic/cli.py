@@ -1,0 +1,48 @@
+"""The `fedpic` command: one parser gathering the commands of every part of the project."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+from pic_core import __version__
+
+COMMAND_MODULES = (
+    "pic_core.cli",
+    "pic_core.data.synthetic",
+)
+"""Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, OSError)
+"""DataError, ConfigError and CheckpointError are ValueErrors: shown as one line, not a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedpic", description="Federated personalized image cropping.")
+    parser.add_argument("--version", action="version", version=f"fedpic {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        register = getattr(module, "register", None) or getattr(module, "register_cli")
+        register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("fedpic: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        if args.verbose:
+            raise
+        print(f"fedpic {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,153 @@
+"""Model files and user-state files: versioned, atomic, and strict about what they contain.
+
+A model file holds the SHARED weights, the model config and the full run config, the stage
+that produced it and the fedpic version. A user-state file holds one user's PERSONAL
+tensors (d_u, personal head) and which model they were fitted on; it is the thing that
+stays on a device.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from . import __version__
+from .config import ConfigError, ModelConfig, from_dict, to_dict
+from .model import CropScorer
+from .params import load_personal, load_shared, personal_state, shared_state
+
+MODEL_FORMAT = "fedpic-model"
+USER_STATE_FORMAT = "fedpic-user-state"
+FORMAT_VERSION = 1
+
+PathLike = Union[str, Path]
+
+
+class CheckpointError(ValueError):
+    """A model or user-state file that cannot be used; the message names the file."""
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read(path: PathLike, expected_format: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable fedpic file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: expected a {expected_format} file, found {found!r}")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: file format version {version} (written by fedpic "
+                              f"{payload.get('fedpic_version', '?')}); this fedpic {__version__} reads version "
+                              f"{FORMAT_VERSION}")
+    return payload
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """Short hash of a state's bytes: identifies which shared model a user state belongs to."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_model(path: PathLike, model: CropScorer, run_config: Optional[dict] = None, stage: str = "",
+               extra: Optional[dict] = None) -> Path:
+    """Write a model file with the SHARED weights only."""
+    shared = shared_state(model)
+    payload = {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fedpic_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "stage": stage,
+        "model_config": to_dict(model.config),
+        "run_config": run_config or {},
+        "fingerprint": state_fingerprint(shared),
+        "state_dict": shared,
+        "extra": extra or {},
+    }
+    return atomic_save(payload, path)
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[CropScorer, dict]:
+    """(model in eval mode, metadata) from a model file. Backbone weights are in the file."""
+    payload = _read(path, MODEL_FORMAT)
+    try:
+        config = from_dict(ModelConfig, payload["model_config"], "model_config")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    config.backbone_weights = None  # the trained weights are in this file
+    model = CropScorer(config)
+    try:
+        load_shared(model, payload["state_dict"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.to(device).eval(), meta
+
+
+def save_user_state(path: PathLike, model: CropScorer, user_id: str, extra: Optional[dict] = None) -> Path:
+    """Write one user's PERSONAL tensors and the fingerprint of the model they were fitted on."""
+    payload = {
+        "format": USER_STATE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fedpic_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "user_id": user_id,
+        "embed_dim": model.config.embed_dim,
+        "model_fingerprint": state_fingerprint(shared_state(model)),
+        "personal": personal_state(model),
+        "extra": extra or {},
+    }
+    return atomic_save(payload, path)
+
+
+def load_user_state(path: PathLike, model: CropScorer) -> dict:
+    """Load a user state into `model`; warns when it was fitted on a different shared model."""
+    payload = _read(path, USER_STATE_FORMAT)
+    if payload.get("embed_dim") != model.config.embed_dim:
+        raise CheckpointError(f"{path}: user state has embed_dim {payload.get('embed_dim')}, "
+                              f"the model has {model.config.embed_dim}")
+    personal = dict(payload["personal"])
+    if model.personal.head is None:
+        personal = {k: v for k, v in personal.items() if not k.startswith("personal.head.")}
+    elif not any(k.startswith("personal.head.") for k in personal):
+        model.personal.reset()
+        personal.update({k: v for k, v in personal_state(model).items() if k.startswith("personal.head.")})
+    try:
+        load_personal(model, personal)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if payload.get("model_fingerprint") != state_fingerprint(shared_state(model)):
+        warnings.warn(f"{path}: this user state was fitted on a different shared model; "
+                      "re-run `fedpic personalize` for best results", stacklevel=2)
+    return {k: v for k, v in payload.items() if k != "personal"}

@@ -1,0 +1,205 @@
+"""Command-line commands of the centralized core: pretrain, prior, personalize, evaluate, crop.
+
+Each module that adds commands exposes `register(subparsers)`; the `fedpic` entry point
+(fedpic/cli.py) collects them, so pic_core stays free of the federation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .checkpoint import load_model, load_user_state, save_model, save_user_state
+from .config import Config, ConfigError, load_config, to_dict
+from .data import DataError
+from .data.sources import crop_sets_for_pretrain, open_dataset
+from .model import CropScorer
+from .samples import SampleCache
+from .train import configure_runtime, evaluate, finetune, pretrain, train_prior
+
+log = logging.getLogger("fedpic")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """--config, --set, --device, --threads, --seed, --quiet: the same on every command."""
+    parser.add_argument("--config", type=Path, help="YAML config (see configs/); unknown keys are an error")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set prior.epochs=2 (repeatable)")
+    parser.add_argument("--device", help="auto | cpu | cuda (overrides the config)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config)")
+    parser.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['a.b=3', 'c=x'] -> {'a.b': 3, 'c': 'x'} with YAML typing of the values."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def config_from_args(args: argparse.Namespace, cls: type = Config):
+    """The run config: file, then --set overrides, then the dedicated flags."""
+    overrides = parse_overrides(getattr(args, "overrides", []) or [])
+    for flag in ("device", "threads", "seed"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[flag] = value
+    if getattr(args, "quiet", False):
+        overrides["progress"] = False
+    return load_config(getattr(args, "config", None), cls, overrides)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    device = configure_runtime(config)
+    crop_sets = crop_sets_for_pretrain(args.data)
+    model = _initial_model(args.init, config, device)
+    cache = SampleCache(config.model.short_side)
+    train_log = pretrain(model, crop_sets, config, cache, device)
+    save_model(args.out, model, to_dict(config), "pre", {"train": train_log.as_dict(), "images": len(crop_sets)})
+    log.info("pre: %d images, loss %s -> %s; wrote %s", len(crop_sets), _first(train_log.epoch_losses),
+             _last(train_log.epoch_losses), args.out)
+    return 0
+
+
+def _cmd_prior(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    device = configure_runtime(config)
+    dataset = open_dataset(args.data)
+    users = {uid: dataset.user(uid).split("prior") for uid in dataset.user_ids}
+    users = {uid: sets for uid, sets in users.items() if sets}
+    if not users:
+        raise DataError(f"{args.data}: no user has rows with split 'prior' (or without a split)")
+    model = _initial_model(args.init, config, device)
+    cache = SampleCache(config.model.short_side)
+    train_log, deltas = train_prior(model, users, config, cache, device)
+    save_model(args.out, model, to_dict(config), "prior", {"train": train_log.as_dict(), "users": len(users)})
+    if args.user_states:
+        for uid, delta in deltas.items():
+            model.personal.reset()
+            model.personal.delta.data.copy_(delta)
+            save_user_state(Path(args.user_states) / f"{uid}.pt", model, uid, {"stage": "prior"})
+    log.info("prior: %d users, loss %s -> %s; wrote %s", len(users), _first(train_log.epoch_losses),
+             _last(train_log.epoch_losses), args.out)
+    return 0
+
+
+def _cmd_personalize(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    device = configure_runtime(config)
+    model, _ = load_model(args.model, device)
+    dataset = open_dataset(args.data)
+    sets = dataset.user(args.user).split("train")
+    shots = args.shots if args.shots is not None else config.finetune.shots
+    sets = sets[:shots] if shots else sets
+    if not sets:
+        raise DataError(f"{args.data}: user {args.user} has no rows with split 'train'")
+    train_log = finetune(model, sets, config, SampleCache(config.model.short_side), device)
+    save_user_state(args.out, model, args.user, {"shots": len(sets), "train": train_log.as_dict()})
+    if config.finetune.mode == "full":
+        model_out = Path(args.out).with_suffix(".model.pt")
+        save_model(model_out, model, to_dict(config), "finetune-full", {"user": args.user})
+        log.info("full fine-tuning changed the shared weights too: wrote %s", model_out)
+    log.info("personalized %s on %d images in %.2fs; wrote %s", args.user, len(sets), train_log.seconds, args.out)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    device = configure_runtime(config)
+    model, _ = load_model(args.model, device)
+    if args.user_state:
+        load_user_state(args.user_state, model)
+    dataset = open_dataset(args.data)
+    sets = dataset.user(args.user).split(args.split)
+    if not sets:
+        raise DataError(f"{args.data}: user {args.user} has no rows with split {args.split!r}")
+    metrics = evaluate(model, sets, SampleCache(model.config.short_side), personal=bool(args.user_state),
+                       device=device)
+    metrics.update({"user": args.user, "split": args.split, "personalized": bool(args.user_state)})
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _cmd_crop(args: argparse.Namespace) -> int:
+    from .crop_tool import run_crop_command
+
+    return run_crop_command(args)
+
+
+def _initial_model(init: Optional[Path], config: Config, device) -> CropScorer:
+    if init:
+        model, _ = load_model(init, device)
+        if replace(config.model, backbone_weights=None) != model.config:
+            log.warning("the model section of the config differs from %s; keeping the --init model's", init)
+        return model
+    return CropScorer(config.model).to(device)
+
+
+def _first(values: list[float]) -> str:
+    return f"{values[0]:.4f}" if values else "-"
+
+
+def _last(values: list[float]) -> str:
+    return f"{values[-1]:.4f}" if values else "-"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pretrain", help="stage pre: objective crop quality on generic scores")
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset directory (generic.csv), GAICD directory, or a JSON/CPC annotation file")
+    p.add_argument("--init", type=Path, help="start from this model file instead of random init")
+    p.add_argument("--out", type=Path, required=True, help="model file to write")
+    add_common_options(p)
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = subparsers.add_parser("prior", help="stage prior: shared model + population prior across all users (central)")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory with users/*.csv")
+    p.add_argument("--init", type=Path, help="model file from `fedpic pretrain`")
+    p.add_argument("--out", type=Path, required=True, help="model file to write")
+    p.add_argument("--user-states", type=Path, help="also write each training user's d_u here (<user>.pt)")
+    add_common_options(p)
+    p.set_defaults(func=_cmd_prior)
+
+    p = subparsers.add_parser("personalize", help="stage finetune: fit one user's d_u from a few annotated photos")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="dataset directory with users/<user>.csv")
+    p.add_argument("--user", required=True)
+    p.add_argument("--shots", type=int, help="use the first N 'train' images (default: finetune.shots)")
+    p.add_argument("--out", type=Path, required=True, help="user-state file to write")
+    add_common_options(p)
+    p.set_defaults(func=_cmd_personalize)
+
+    p = subparsers.add_parser("evaluate", help="metrics of a model (and a user state) on a user's split")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--user-state", type=Path, help="user state from `fedpic personalize` (default: generic model)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--split", default="test", choices=["prior", "train", "test"])
+    p.add_argument("--json", type=Path, help="also write the metrics here")
+    add_common_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = subparsers.add_parser("crop", help="best crops of photos for a user")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--user-state", type=Path, help="user state (default: the generic model)")
+    p.add_argument("--aspect", help="output aspect ratio W:H, e.g. 16:9 (default: free)")
+    p.add_argument("--top", type=int, default=3, help="how many crops per image")
+    p.add_argument("--out", type=Path, default=Path("crops"), help="output folder")
+    add_common_options(p)
+    p.set_defaults(func=_cmd_crop)

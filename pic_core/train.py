@@ -1,0 +1,274 @@
+"""The three training stages (pre, prior, finetune) and the loops they share.
+
+One image per optimizer step, as in the reference: its candidates form the batch the
+losses rank. The federated client reuses `train_personal` and `train_shared` for its
+FedRep-style rounds, so central and federated training run the same code.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data.records import CropSet
+from .losses import crop_loss
+from .metrics import crop_metrics
+from .model import CropFeatures, CropScorer
+from .params import trainable_shared_parameters
+from .samples import Sample, SampleCache
+
+
+@dataclass
+class TrainLog:
+    stage: str
+    epoch_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+    def as_dict(self) -> dict:
+        return {"stage": self.stage, "epoch_losses": self.epoch_losses, "seconds": round(self.seconds, 3),
+                "steps": self.steps}
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator a run touches."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def configure_runtime(config: Config) -> torch.device:
+    """Seed, thread count and device from the config."""
+    set_seed(config.seed)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    return resolve_device(config.device)
+
+
+def _epoch_order(count: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(count)
+
+
+def run_epochs(model: CropScorer, samples: Sequence[Sample], parameters: Iterable[nn.Parameter], *, epochs: int,
+               lr: float, rank_weight: float, smooth_l1_weight: float, weight_decay: float = 0.0, seed: int = 0,
+               stage: str = "train", progress: bool = True, device: Optional[torch.device] = None,
+               delta_for: Optional[Callable[[Sample], Tensor]] = None, subjective: bool = True,
+               extra_loss: Optional[Callable[[CropFeatures, Sample], Tensor]] = None,
+               personal: bool = True) -> TrainLog:
+    """The shared loop: shuffle images each epoch, one image per Adam step, mean loss per epoch."""
+    parameters = [p for p in parameters if p.requires_grad]
+    log = TrainLog(stage)
+    if not samples or epochs <= 0 or not parameters:
+        return log
+    device = device or next(model.parameters()).device
+    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(total=epochs * len(samples), desc=stage, disable=not progress, leave=False)
+    for _ in range(epochs):
+        total = 0.0
+        for index in _epoch_order(len(samples), rng):
+            sample = samples[index]
+            features = model.crop_features(model.encode(sample.image[None].to(device)), sample.boxes.to(device))
+            delta = delta_for(sample) if delta_for is not None else None
+            pred = model.combine(features, delta, personal=personal, subjective=subjective)
+            loss = crop_loss(pred, sample.scores.to(device), rank_weight, smooth_l1_weight)
+            if extra_loss is not None:
+                loss = loss + extra_loss(features, sample)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            log.steps += 1
+            bar.update(1)
+        log.epoch_losses.append(total / len(samples))
+        bar.set_postfix(loss=f"{log.epoch_losses[-1]:.4f}")
+    bar.close()
+    log.seconds = time.perf_counter() - start
+    model.eval()
+    return log
+
+
+def pretrain(model: CropScorer, crop_sets: Sequence[CropSet], config: Config, cache: SampleCache,
+             device: Optional[torch.device] = None) -> TrainLog:
+    """Stage pre: the objective crop scorer on population-average (or GAICD) scores.
+
+    With per-annotator scores (CPC-style) and pretext_weight > 0, an annotator-classification
+    head on h_k is trained alongside with cross-entropy, as in the reference.
+    """
+    cfg = config.pre
+    crop_sets = list(crop_sets)[: cfg.max_images] if cfg.max_images else list(crop_sets)
+    samples = cache.samples(crop_sets)
+    extra = None
+    annotators = max((len(c.annotator_scores) for c in crop_sets if c.annotator_scores is not None), default=0)
+    pretext_head = None
+    if cfg.pretext_weight > 0 and annotators >= 2:
+        pretext_head = nn.Linear(model.config.feature_dim, annotators).to(device or "cpu")
+
+        def extra(features: CropFeatures, sample: Sample) -> Tensor:
+            if sample.annotator_labels is None:
+                return features.objective.sum() * 0.0
+            logits = pretext_head(features.hidden)
+            return cfg.pretext_weight * nn.functional.cross_entropy(logits, sample.annotator_labels.to(logits.device))
+    excluded = ("prior_embedding", "preference.")
+    parameters = trainable_shared_parameters(model, excluded)
+    if pretext_head is not None:
+        parameters += list(pretext_head.parameters())
+    return run_epochs(model, samples, parameters, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
+                      smooth_l1_weight=cfg.smooth_l1_weight, weight_decay=cfg.weight_decay, seed=config.seed,
+                      stage="pre", progress=config.progress, device=device, subjective=False, extra_loss=extra)
+
+
+def train_prior(model: CropScorer, users: Mapping[str, Sequence[CropSet]], config: Config, cache: SampleCache,
+                device: Optional[torch.device] = None) -> tuple[TrainLog, dict[str, Tensor]]:
+    """Stage prior: joint training across users, each with their own d_u (a row of a table).
+
+    Returns the log and every user's learned d_u. `schedule: sequential` trains user after
+    user (the reference); `interleaved` shuffles all users' images together.
+    """
+    cfg = config.prior
+    user_ids = list(users)
+    table = nn.Embedding(len(user_ids), model.config.embed_dim).to(device or "cpu")
+    nn.init.zeros_(table.weight)
+    samples: list[Sample] = []
+    for row, uid in enumerate(user_ids):
+        sets = list(users[uid])
+        if cfg.max_images_per_user:
+            sets = sets[: cfg.max_images_per_user]
+        samples.extend(cache.samples(sets, user=row))
+    parameters = trainable_shared_parameters(model) + [table.weight]
+
+    def delta_for(sample: Sample) -> Tensor:
+        return table.weight[sample.user]
+
+    common = dict(lr=cfg.lr, rank_weight=cfg.rank_weight, smooth_l1_weight=cfg.smooth_l1_weight,
+                  weight_decay=cfg.weight_decay, progress=config.progress, device=device, delta_for=delta_for)
+    if cfg.schedule == "sequential":
+        log = TrainLog("prior")
+        for row, uid in enumerate(tqdm(user_ids, desc="prior users", disable=not config.progress)):
+            part = run_epochs(model, [s for s in samples if s.user == row], parameters, epochs=cfg.epochs,
+                              seed=config.seed + row, stage=f"prior[{uid}]", **common)
+            log.epoch_losses.extend(part.epoch_losses)
+            log.seconds += part.seconds
+            log.steps += part.steps
+    else:
+        log = run_epochs(model, samples, parameters, epochs=cfg.epochs, seed=config.seed, stage="prior", **common)
+    deltas = {uid: table.weight[row].detach().cpu().clone() for row, uid in enumerate(user_ids)}
+    return log, deltas
+
+
+def personal_parameters(model: CropScorer) -> list[nn.Parameter]:
+    return list(model.personal.parameters())
+
+
+@torch.no_grad()
+def cached_crop_features(model: CropScorer, samples: Sequence[Sample],
+                         device: Optional[torch.device] = None) -> list[CropFeatures]:
+    """Crop features of every sample in eval mode: the backbone runs once per image."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    return [model.crop_features(model.encode(s.image[None].to(device)), s.boxes.to(device)).detach()
+            for s in samples]
+
+
+def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int, lr: float, rank_weight: float,
+                   smooth_l1_weight: float, delta_l2: float = 0.0, seed: int = 0, progress: bool = False,
+                   device: Optional[torch.device] = None,
+                   features: Optional[Sequence[CropFeatures]] = None) -> TrainLog:
+    """Fast path: fit d_u (+ personal head) with everything shared frozen, on cached features.
+
+    The score is linear in d_u given the cached features, so this costs one backbone pass
+    per image plus milliseconds of optimization.
+    """
+    log = TrainLog("personal")
+    if not samples or epochs <= 0:
+        return log
+    start = time.perf_counter()
+    features = list(features) if features is not None else cached_crop_features(model, samples, device)
+    targets = [s.scores.to(f.objective.device) for s, f in zip(samples, features)]
+    optimizer = torch.optim.Adam(personal_parameters(model), lr=lr)
+    rng = np.random.default_rng(seed)
+    for _ in tqdm(range(epochs), desc="personalize", disable=not progress, leave=False):
+        total = 0.0
+        for index in _epoch_order(len(samples), rng):
+            pred = model.combine(features[index])
+            loss = crop_loss(pred, targets[index], rank_weight, smooth_l1_weight)
+            if delta_l2:
+                loss = loss + delta_l2 * model.personal.delta.pow(2).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            log.steps += 1
+        log.epoch_losses.append(total / len(samples))
+    log.seconds = time.perf_counter() - start
+    return log
+
+
+def train_shared(model: CropScorer, samples: Sequence[Sample], *, epochs: int, lr: float, rank_weight: float,
+                 smooth_l1_weight: float, weight_decay: float = 0.0, seed: int = 0, progress: bool = False,
+                 device: Optional[torch.device] = None, exclude_prefixes: Sequence[str] = ()) -> TrainLog:
+    """The SHARED weights on one user's images, with that user's d_u held fixed."""
+    parameters = trainable_shared_parameters(model, exclude_prefixes)
+    for p in model.personal.parameters():
+        p.requires_grad_(False)
+    try:
+        return run_epochs(model, samples, parameters, epochs=epochs, lr=lr, rank_weight=rank_weight,
+                          smooth_l1_weight=smooth_l1_weight, weight_decay=weight_decay, seed=seed, stage="shared",
+                          progress=progress, device=device)
+    finally:
+        for p in model.personal.parameters():
+            p.requires_grad_(True)
+
+
+def finetune(model: CropScorer, crop_sets: Sequence[CropSet], config: Config, cache: SampleCache,
+             device: Optional[torch.device] = None) -> TrainLog:
+    """Stage finetune for one user, from the prior: d_u starts at 0 (the population prior).
+
+    mode fast: d_u (+ personal head) on cached features; mode full: every weight, as the
+    reference does (the model's shared weights change, so that model stays on the device).
+    """
+    cfg = config.finetune
+    model.personal.reset()
+    samples = cache.samples(crop_sets)
+    if cfg.mode == "fast":
+        return train_personal(model, samples, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
+                              smooth_l1_weight=cfg.smooth_l1_weight, delta_l2=cfg.delta_l2, seed=config.seed,
+                              progress=config.progress, device=device)
+    return run_epochs(model, samples, model.parameters(), epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
+                      smooth_l1_weight=cfg.smooth_l1_weight, seed=config.seed, stage="finetune",
+                      progress=config.progress, device=device)
+
+
+@torch.no_grad()
+def predict(model: CropScorer, samples: Sequence[Sample], personal: bool = True,
+            device: Optional[torch.device] = None) -> list[np.ndarray]:
+    """Scores of every candidate of every sample (eval mode)."""
+    features = cached_crop_features(model, samples, device)
+    return [model.combine(f, personal=personal).float().cpu().numpy() for f in features]
+
+
+def evaluate(model: CropScorer, crop_sets: Sequence[CropSet], cache: SampleCache, personal: bool = True,
+             device: Optional[torch.device] = None) -> dict:
+    """crop_metrics of the model's scores against the annotated scores, plus counts."""
+    samples = cache.samples(crop_sets)
+    preds = predict(model, samples, personal, device)
+    metrics = crop_metrics(preds, [s.scores.numpy() for s in samples])
+    metrics["candidates"] = int(sum(len(p) for p in preds))
+    return metrics
