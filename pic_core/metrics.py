@@ -1,0 +1,239 @@
+"""Crop-ranking metrics (GAIC conventions) and confidence intervals.
+
+Every metric is computed per image and then averaged over images, so a large image
+with many candidates weighs no more than a small one. Tie rules are fixed here (and in
+docs/data.md) so that two runs on the same scores always give the same numbers:
+
+* top-K predicted crops: stable sort by descending prediction, ties to the lower index;
+* "in the ground-truth top-N": gt score >= the N-th best gt score (boundary ties hit);
+* ground-truth rank r = 1 + number of candidates with a strictly higher gt score;
+* SRCC uses average ranks for ties; an image whose predictions or ground truth are
+  constant has no correlation and is left out of the srcc/pcc means.
+
+numpy only: scipy is deliberately not a dependency.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .geometry import box_iou
+
+KS = (1, 2, 3, 4)
+NS = (5, 10)
+
+
+def _check_pairs(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Validated float64 (pred, gt) pairs, or ValueError naming the image index."""
+    if len(preds) != len(gts):
+        raise ValueError(f"{len(preds)} prediction arrays but {len(gts)} ground-truth arrays")
+    if len(preds) == 0:
+        raise ValueError("no images to evaluate")
+    pairs = []
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        p = np.asarray(p, dtype=np.float64)
+        g = np.asarray(g, dtype=np.float64)
+        if p.ndim != 1 or g.ndim != 1:
+            raise ValueError(f"image {i}: scores must be 1-D, got shapes {p.shape} and {g.shape}")
+        if len(p) != len(g):
+            raise ValueError(f"image {i}: {len(p)} predictions but {len(g)} ground-truth scores")
+        if len(p) == 0:
+            raise ValueError(f"image {i}: no candidates")
+        for what, arr in (("prediction", p), ("ground-truth", g)):
+            if not np.all(np.isfinite(arr)):
+                bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+                raise ValueError(f"image {i}: non-finite {what} score at candidate {bad}: {arr[bad]}")
+        pairs.append((p, g))
+    return pairs
+
+
+def predicted_order(pred: np.ndarray) -> np.ndarray:
+    """Candidate indices by descending prediction; equal predictions keep index order."""
+    return np.argsort(-np.asarray(pred, dtype=np.float64), kind="stable")
+
+
+def competition_ranks(gt: np.ndarray) -> np.ndarray:
+    """1 + number of candidates with a strictly higher score ("1224" ranking)."""
+    gt = np.asarray(gt, dtype=np.float64)
+    ascending = np.sort(gt)
+    return 1 + len(gt) - np.searchsorted(ascending, gt, side="right")
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks (ascending) with tied values sharing the mean of their positions."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    sorted_vals = values[order]
+    # start of each run of equal values, and its length
+    starts = np.flatnonzero(np.r_[True, sorted_vals[1:] != sorted_vals[:-1]])
+    lengths = np.diff(np.r_[starts, len(values)])
+    mean_rank = starts + (lengths + 1) / 2.0  # positions starts+1 .. starts+length
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(mean_rank, lengths)
+    return ranks
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; NaN when either side is constant (no correlation defined)."""
+    a = np.asarray(a, dtype=np.float64) - np.mean(a)
+    b = np.asarray(b, dtype=np.float64) - np.mean(b)
+    denom = math.sqrt(float(a @ a) * float(b @ b))
+    if denom == 0.0 or len(a) < 2:
+        return math.nan
+    return float(np.clip((a @ b) / denom, -1.0, 1.0))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation = Pearson on average ranks; NaN when either side is constant."""
+    return pearson(average_ranks(a), average_ranks(b))
+
+
+def image_accuracy(pred: np.ndarray, gt: np.ndarray, k: int, n: int) -> tuple[float, float]:
+    """(Acc_K/N, wAcc_K/N) of one image; the caller ensures len(gt) > n >= k."""
+    top_k = predicted_order(pred)[:k]
+    threshold = np.sort(gt)[::-1][n - 1]
+    ranks = competition_ranks(gt)
+    hits = gt[top_k] >= threshold
+    j = np.arange(1, k + 1)
+    weights = np.exp(-(ranks[top_k] - j) / n)
+    return float(hits.sum()) / k, float((hits * weights).sum()) / k
+
+
+def crop_metrics(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> dict[str, float]:
+    """Acc/wAcc (K=1..4, N=5,10, and means over K), SRCC and PCC, averaged over images.
+
+    An image takes part in the N=5 (N=10) accuracies only when it has more than 5 (10)
+    candidates; with fewer every crop would be in the top N and the score would be 1 by
+    construction. `images_n5` / `images_n10` / `images_corr` count the images behind each
+    group of means; a mean over no images is NaN.
+    """
+    pairs = _check_pairs(preds, gts)
+    out: dict[str, float] = {"images": float(len(pairs))}
+    for n in NS:
+        usable = [(p, g) for p, g in pairs if len(g) > n]
+        out[f"images_n{n}"] = float(len(usable))
+        for k in KS:
+            per_image = np.array([image_accuracy(p, g, k, n) for p, g in usable]).reshape(-1, 2)
+            out[f"acc{k}_{n}"] = _mean(per_image[:, 0])
+            out[f"wacc{k}_{n}"] = _mean(per_image[:, 1])
+        out[f"acc_{n}"] = _mean([out[f"acc{k}_{n}"] for k in KS])
+        out[f"wacc_{n}"] = _mean([out[f"wacc{k}_{n}"] for k in KS])
+    srcc = np.array([spearman(p, g) for p, g in pairs])
+    pcc = np.array([pearson(p, g) for p, g in pairs])
+    defined = ~(np.isnan(srcc) | np.isnan(pcc))  # NaN when a side is constant
+    out["images_corr"] = float(defined.sum())
+    out["srcc"] = _mean(srcc[defined])
+    out["pcc"] = _mean(pcc[defined])
+    return out
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()) if values.size else math.nan
+
+
+def iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
+    """IoU of two [x1, y1, x2, y2] boxes."""
+    return float(box_iou(np.asarray(box_a), np.asarray(box_b))[0, 0])
+
+
+def top1_iou(pred_scores: np.ndarray, boxes: np.ndarray, best_gt_boxes: np.ndarray) -> float:
+    """IoU of the top-predicted candidate with the best ground-truth crop.
+
+    `best_gt_boxes` is one box (4,) or several (G, 4) (sets such as FLMS give several
+    expert crops); with several the best match counts. Tied predictions go to the lower index.
+    """
+    scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) != len(scores) or len(scores) == 0:
+        raise ValueError(f"need one box (M, 4) per score, got boxes {boxes.shape} for {len(scores)} scores")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("non-finite prediction score")
+    gt = np.asarray(best_gt_boxes, dtype=np.float64)
+    if gt.size == 0 or gt.size % 4:
+        raise ValueError(f"ground-truth box must be (4,) or (G, 4), got shape {gt.shape}")
+    best = boxes[predicted_order(scores)[0]]
+    return float(box_iou(best, gt.reshape(-1, 4)).max())
+
+
+# ---------------------------------------------------------------- confidence intervals
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) for 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t cumulative distribution function."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Inverse of t_cdf by bracketing and bisection (to ~1e-12 relative)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"probability must lie strictly between 0 and 1, got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half width) of the t confidence interval of the mean.
+
+    The half width is NaN for a single value (no spread to estimate from).
+    """
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("mean_ci: non-finite value")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    mean = float(arr.mean())
+    if arr.size == 1:
+        return mean, math.nan
+    sem = float(arr.std(ddof=1)) / math.sqrt(arr.size)
+    return mean, t_quantile(0.5 + confidence / 2.0, arr.size - 1) * sem
