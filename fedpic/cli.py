@@ -11,7 +11,6 @@ from pic_core import __version__
 
 COMMAND_MODULES = (
     "pic_core.cli",
-    "pic_core.data.synthetic",
 )
 """Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""
 

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from pic_core.config import Config, ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "tiny.yaml"])
+def test_shipped_configs_load(name):
+    path = CONFIGS / name
+    if not path.exists():
+        pytest.skip(f"{name} not present")
+    assert isinstance(load_config(path), Config)
+
+
+def test_paper_config_carries_reference_settings():
+    config = load_config(CONFIGS / "paper.yaml")
+    assert (config.model.width, config.model.channels, config.model.align_size, config.model.short_side) == (
+        1.0, 8, 9, 256)
+    assert (config.pre.lr, config.prior.lr, config.prior.epochs, config.prior.rank_weight) == (1e-4, 1e-3, 20, 0.8)
+    assert (config.finetune.shots, config.finetune.epochs, config.finetune.smooth_l1_weight) == (5, 10, 0.8)
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  widht: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message and "model.widht" in message and "width" in message and "channels" in message
+
+
+@pytest.mark.parametrize("text,field", [("model:\n  channels: eight\n", "model.channels"),
+                                        ("prior:\n  lr: [1]\n", "prior.lr"),
+                                        ("progress: 1\n", "progress"),
+                                        ("finetune:\n  mode: slow\n", "finetune.mode"),
+                                        ("model: 3\n", "model")])
+def test_wrong_types_name_the_field(tmp_path, text, field):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  width: 0.5\n  channels: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: line \d+ malformed YAML"):
+        load_config(path)
+
+
+def test_overrides_and_defaults():
+    config = load_config(None, overrides={"prior.epochs": 7, "seed": 3})
+    assert config.prior.epochs == 7 and config.seed == 3 and config.model.width == 1.0
+    assert load_config(None, overrides={"prior.lr": 1}).prior.lr == 1.0  # ints accepted for floats
