@@ -19,6 +19,7 @@ from .config import Config, ConfigError, load_config, to_dict
 from .data import DataError
 from .data.sources import crop_sets_for_pretrain, open_dataset
 from .model import CropScorer
+from .protocol import evaluate_users
 from .samples import SampleCache
 from .train import configure_runtime, evaluate, finetune, pretrain, train_prior
 
@@ -118,6 +119,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     device = configure_runtime(config)
     model, _ = load_model(args.model, device)
+    if args.all_users:
+        return _evaluate_population(args, config, model, device)
+    if not args.user:
+        raise ConfigError("evaluate: give --user U (one user) or --all-users (the whole population)")
     if args.user_state:
         load_user_state(args.user_state, model)
     dataset = open_dataset(args.data)
@@ -132,6 +137,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     print(text)
+    return 0
+
+
+def _evaluate_population(args: argparse.Namespace, config: Config, model: CropScorer, device) -> int:
+    """Batch form: every user personalized from N shots and scored on unseen test images."""
+    dataset = open_dataset(args.data)
+    users = list(dataset.users())
+    shots = args.shots if args.shots is not None else config.finetune.shots
+    cache = SampleCache(model.config.short_side)
+    generic = evaluate_users(model, users, config, shots, method="generic", cache=cache, personalize=False,
+                             device=device)
+    personalized = evaluate_users(model, users, config, shots, cache=cache, device=device)
+    report = {"model": str(args.model), "split": "test", "shots": shots, "users": len(personalized.per_user),
+              "generic": generic.as_dict(), "personalized": personalized.as_dict()}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    for name, result in (("generic", generic), ("personalized", personalized)):
+        stats = result.summary().get("acc1_5", {})
+        print(f"{name:>13}: acc1_5 {stats.get('mean', float('nan')):.3f} +- {stats.get('ci95', float('nan')):.3f} "
+              f"over {stats.get('users', 0)} users")
     return 0
 
 
@@ -188,7 +214,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--user-state", type=Path, help="user state from `fedpic personalize` (default: generic model)")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--user", required=True)
+    p.add_argument("--user", help="the user to evaluate (or --all-users)")
+    p.add_argument("--all-users", action="store_true",
+                   help="protocol over every user: personalize from --shots train images, score the test split")
+    p.add_argument("--shots", type=int, help="with --all-users: few-shot images per user (default: finetune.shots)")
     p.add_argument("--split", default="test", choices=["prior", "train", "test"])
     p.add_argument("--json", type=Path, help="also write the metrics here")
     add_common_options(p)

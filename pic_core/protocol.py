@@ -1,0 +1,117 @@
+"""The evaluation protocol: personalize each user from N shots, score unseen test images.
+
+Per user: d_u is fitted on the first N images of the user's `train` split (finetune stage,
+from the given shared model), then crop_metrics are computed on the user's `test` split,
+both with the fitted d_u (personalized) and with d_u = 0 (generic). Population figures are
+the mean over users with a 95% t confidence interval. Used by `fedpic evaluate --all-users`,
+the baselines, the simulations and the benchmarks, so every number is made the same way.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data.records import CropSet, UserData
+from .metrics import crop_metrics, mean_ci
+from .model import CropScorer
+from .samples import SampleCache
+from .train import evaluate, finetune
+
+SUMMARY_KEYS = ("acc1_5", "acc_5", "acc1_10", "acc_10", "wacc_5", "wacc_10", "srcc", "pcc")
+
+
+@dataclass
+class PopulationResult:
+    """Per-user metrics and their population summary for one method."""
+
+    method: str
+    shots: int
+    per_user: dict[str, dict] = field(default_factory=dict)
+
+    def summary(self, keys: Sequence[str] = SUMMARY_KEYS) -> dict:
+        """{key: {"mean": m, "ci95": half_width, "users": n}} over users with a finite value."""
+        out = {}
+        for key in keys:
+            values = [m[key] for m in self.per_user.values() if key in m and math.isfinite(m[key])]
+            if values:
+                mean, half = mean_ci(values)
+                out[key] = {"mean": float(mean), "ci95": float(half), "users": len(values)}
+        return out
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "shots": self.shots, "summary": self.summary(), "per_user": self.per_user}
+
+
+def few_shot_sets(user: UserData, shots: int) -> list[CropSet]:
+    """The first `shots` images of the user's train split (all of them when shots <= 0)."""
+    sets = user.split("train")
+    return sets[:shots] if shots > 0 else sets
+
+
+def personalize_user(model: CropScorer, user: UserData, shots: int, config: Config, cache: SampleCache,
+                     device: Optional[torch.device] = None) -> CropScorer:
+    """A copy of `model` fine-tuned for one user (the shared model is left untouched)."""
+    personal = copy.deepcopy(model)
+    sets = few_shot_sets(user, shots)
+    if sets:
+        finetune(personal, sets, config, cache, device)
+    return personal
+
+
+def evaluate_users(model: CropScorer, users: Sequence[UserData], config: Config, shots: int, *,
+                   method: str = "personalized", cache: Optional[SampleCache] = None, personalize: bool = True,
+                   device: Optional[torch.device] = None, progress: Optional[bool] = None,
+                   model_for_user: Optional[Callable[[UserData], CropScorer]] = None) -> PopulationResult:
+    """The protocol over a population. `model_for_user` replaces fine-tuning (e.g. local-only)."""
+    cache = cache or SampleCache(model.config.short_side)
+    result = PopulationResult(method, shots)
+    show = config.progress if progress is None else progress
+    for user in tqdm(users, desc=f"evaluate {method}", disable=not show, leave=False):
+        test = user.split("test")
+        if not test:
+            continue
+        if model_for_user is not None:
+            scorer = model_for_user(user)
+        elif personalize:
+            scorer = personalize_user(model, user, shots, config, cache, device)
+        else:
+            scorer = model
+        result.per_user[user.user_id] = evaluate(scorer, test, cache, personal=personalize or
+                                                 model_for_user is not None, device=device)
+    return result
+
+
+def oracle_result(users: Sequence[UserData], shots: int) -> PopulationResult:
+    """The ceiling: each user's own scores ranked by themselves (1.0 on every accuracy)."""
+    result = PopulationResult("oracle", shots)
+    for user in users:
+        test = user.split("test")
+        if test:
+            scores = [c.scores for c in test]
+            result.per_user[user.user_id] = crop_metrics(scores, scores) | {"candidates": int(sum(map(len, scores)))}
+    return result
+
+
+def gains(better: PopulationResult, base: PopulationResult, key: str = "acc1_5") -> dict[str, float]:
+    """Per-user difference better - base on `key`, for users present in both."""
+    return {u: better.per_user[u][key] - base.per_user[u][key]
+            for u in better.per_user if u in base.per_user
+            and math.isfinite(better.per_user[u].get(key, math.nan))
+            and math.isfinite(base.per_user[u].get(key, math.nan))}
+
+
+def summarize_results(results: Mapping[str, PopulationResult], key: str = "acc1_5") -> list[dict]:
+    """One row per method: mean and 95% CI of `key`, for tables."""
+    rows = []
+    for name, result in results.items():
+        stats = result.summary((key,)).get(key)
+        if stats:
+            rows.append({"method": name, "shots": result.shots, "mean": stats["mean"], "ci95": stats["ci95"],
+                         "users": stats["users"]})
+    return rows
