@@ -1,4 +1,4 @@
-"""Command-line commands of the centralized core: pretrain, prior, personalize, evaluate, crop.
+"""Command-line commands of the centralized core: pretrain, prior, personalize, evaluate, crop, export.
 
 Each module that adds commands exposes `register(subparsers)`; the `fedpic` entry point
 (fedpic/cli.py) collects them, so pic_core stays free of the federation.
@@ -17,6 +17,7 @@ import yaml
 from .checkpoint import load_model, load_user_state, save_model, save_user_state
 from .config import Config, ConfigError, load_config, to_dict
 from .data import DataError
+from .cropper import PROFILES
 from .data.sources import crop_sets_for_pretrain, open_dataset
 from .model import CropScorer
 from .protocol import evaluate_users
@@ -98,6 +99,15 @@ def _cmd_prior(args: argparse.Namespace) -> int:
 def _cmd_personalize(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     device = configure_runtime(config)
+    if (args.crops is None) == (args.data is None):
+        raise ConfigError("personalize: give either --data DIR with --user U (scored crops) or --crops FILE "
+                          "(the crops you made yourself)")
+    if args.crops is not None:
+        from .user_crops import run_personalize_from_crops
+
+        return run_personalize_from_crops(args, config, device)
+    if not args.user:
+        raise ConfigError("personalize --data: --user U is required")
     model, _ = load_model(args.model, device)
     dataset = open_dataset(args.data)
     sets = dataset.user(args.user).split("train")
@@ -167,6 +177,12 @@ def _cmd_crop(args: argparse.Namespace) -> int:
     return run_crop_command(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import run_export_command
+
+    return run_export_command(args)
+
+
 def _initial_model(init: Optional[Path], config: Config, device) -> CropScorer:
     if init:
         model, _ = load_model(init, device)
@@ -203,9 +219,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("personalize", help="stage finetune: fit one user's d_u from a few annotated photos")
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True, help="dataset directory with users/<user>.csv")
-    p.add_argument("--user", required=True)
-    p.add_argument("--shots", type=int, help="use the first N 'train' images (default: finetune.shots)")
+    p.add_argument("--data", type=Path, help="dataset directory with users/<user>.csv (scored candidate crops)")
+    p.add_argument("--crops", type=Path,
+                   help="instead of --data: your own crops, CSV 'image,x1,y1,x2,y2' or JSON lines "
+                        '{"image": ..., "box": [x1, y1, x2, y2]} (see docs/crop_tool.md)')
+    p.add_argument("--user", help="user id (required with --data; default with --crops: the file's name)")
+    p.add_argument("--shots", type=int, help="with --data: use the first N 'train' images (default: finetune.shots)")
     p.add_argument("--out", type=Path, required=True, help="user-state file to write")
     add_common_options(p)
     p.set_defaults(func=_cmd_personalize)
@@ -223,12 +242,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = subparsers.add_parser("crop", help="best crops of photos for a user")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("--model", type=Path, required=True)
+    p = subparsers.add_parser("crop", help="best crops of photos (files or folders) for a user")
+    p.add_argument("images", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
+    p.add_argument("--model", type=Path, required=True,
+                   help="model file, or an exported program from `fedpic export` (detected)")
     p.add_argument("--user-state", type=Path, help="user state (default: the generic model)")
-    p.add_argument("--aspect", help="output aspect ratio W:H, e.g. 16:9 (default: free)")
+    p.add_argument("--profile", default="default", choices=sorted(PROFILES),
+                   help="runtime preset; `fast` is for a model trained with configs/fast.yaml")
+    p.add_argument("--aspect", help="output aspect ratio W:H: 16:9, 4:3, 1:1, 4:5, 9:16, ... (default: free)")
     p.add_argument("--top", type=int, default=3, help="how many crops per image")
     p.add_argument("--out", type=Path, default=Path("crops"), help="output folder")
+    p.add_argument("--jsonl", help="where to write the JSON lines (default OUT/crops.jsonl; - for stdout)")
+    p.add_argument("--no-crops", action="store_true", help="do not write the cropped images")
+    p.add_argument("--sheet-size", type=int, default=24, help="photos per contact sheet")
     add_common_options(p)
     p.set_defaults(func=_cmd_crop)
+
+    p = subparsers.add_parser("export", help="a model (+ a user state) as a torch.export program for `fedpic crop`")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--user-state", type=Path, help="bake this user's d_u in (default: the generic model)")
+    p.add_argument("--out", type=Path, required=True, help="file to write (.pt2)")
+    p.add_argument("--compile", action="store_true",
+                   help="also compile it ahead of time with AOTInductor for this machine's CPU (about a minute)")
+    p.add_argument("--no-check", action="store_true", help="skip comparing the program with the eager model")
+    add_common_options(p)
+    p.set_defaults(func=_cmd_export)

@@ -86,6 +86,8 @@ def check_align_inputs(features: Tensor, boxes: Tensor, output_size: int) -> Non
         raise ValueError(f"roi_rod_align: boxes must be (K, 5) = [batch_index, x1, y1, x2, y2], got {tuple(boxes.shape)}")
     if boxes.device != features.device:
         raise ValueError(f"roi_rod_align: boxes on {boxes.device} but features on {features.device}")
+    if torch.compiler.is_compiling():  # traced (torch.export / torch.compile): values are symbolic, no checks
+        return
     if output_size < 1:
         raise ValueError(f"roi_rod_align: output_size must be >= 1, got {output_size}")
     if features.shape[2] < 2 or features.shape[3] < 2:

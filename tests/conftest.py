@@ -61,3 +61,19 @@ def toy_dataset(tmp_path_factory) -> Path:
 def tiny_config():
     """configs/tiny.yaml: the smallest model that exercises every part."""
     return load_config(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """A randomly initialized configs/tiny.yaml model saved as a model file (seed 0)."""
+    import torch
+
+    from pic_core.checkpoint import save_model
+    from pic_core.config import to_dict
+    from pic_core.model import CropScorer
+
+    config = load_config(ROOT / "configs" / "tiny.yaml")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_model") / "tiny.pt"
+    save_model(path, CropScorer(config.model).eval(), to_dict(config), "test")
+    return path
