@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ..geometry import grid_anchors, resized_size, to_original
 from .records import SPLITS, DataError, format_box
+from .user_csv import read_user_csv
 from .scenes import Scene, make_scene, render_scene
 from .tastes import FAMILIES, Taste, draw_taste, score_matrix
 
@@ -252,18 +253,9 @@ def generate(spec: PopulationSpec, out: Path | str, workers: int = 2, progress: 
 
 # ---------------------------------------------------------------- statistics
 
-def _read_scores(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (boxes, scores) of one of our CSVs (the project's full reader lives elsewhere)."""
-    found: dict[str, tuple[list, list]] = {}
-    with open(path, newline="") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            try:
-                boxes, scores = found.setdefault(row["name"], ([], []))
-                boxes.append(json.loads(row["bbox"]))
-                scores.append(float(row["score"]))
-            except (KeyError, TypeError, ValueError) as err:
-                raise DataError(f"{path}:{line}: unreadable row ({err})") from None
-    return {k: (np.asarray(b, dtype=np.float64), np.asarray(s, dtype=np.float64)) for k, (b, s) in found.items()}
+def _read_scores(path: Path, images: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (boxes, scores) of one dataset CSV, through the project's validating reader."""
+    return {c.name: (c.boxes.astype(np.float64), c.scores.astype(np.float64)) for c in read_user_csv(path, images)}
 
 
 def _load_population(root: Path) -> tuple[dict, list[Taste], dict]:
@@ -321,10 +313,10 @@ def probe_stats(tastes: Sequence[Taste], scenes: Sequence[tuple[str, Scene]]) ->
 def agreement_on_test_images(root: Path, users: dict) -> dict:
     """On each user's test images, how often the generic best crop is the user's best crop
     (and lies in the user's top 5), read from the CSV files as written."""
-    generic = _read_scores(root / "generic.csv")
+    generic = _read_scores(root / "generic.csv", root / "images")
     hits, top5, per_family = [], [], {}
     for uid, data in sorted(users.items()):
-        own = _read_scores(root / "users" / f"{uid}.csv")
+        own = _read_scores(root / "users" / f"{uid}.csv", root / "images")
         for name in data["images"]["test"]:
             if name not in own or name not in generic:
                 raise DataError(f"{root}: test image {name} of user {uid} missing from a CSV")
