@@ -145,4 +145,5 @@ def extension_modules() -> dict:
     return {"ext_modules": modules, "cmdclass": {"build_ext": FedpicBuildExtension}}
 
 
-setup(**extension_modules())
+if __name__ == "__main__":  # also true under pip / PEP 517 (setuptools runs this file as __main__)
+    setup(**extension_modules())
