@@ -24,6 +24,15 @@ pytestmark = pytest.mark.skipif(not compiled_available(), reason="pic_core._C is
 FEDPIC = torch.ops.fedpic if compiled_available() else None
 
 
+@pytest.fixture
+def one_thread():
+    """Many tiny op calls: on a busy machine, 2-thread OpenMP regions in torch's own ops stall."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def assert_parity(features, boxes, output_size: int, **tolerance) -> None:
     """Compiled and reference forward and gradient agree."""
     features = features.detach().requires_grad_(True)
@@ -67,7 +76,7 @@ def test_parity_float64() -> None:
     assert_parity(features, boxes, 4, rtol=1e-12, atol=1e-12)
 
 
-def test_gradcheck_and_gradgradcheck_float64() -> None:
+def test_gradcheck_and_gradgradcheck_float64(one_thread) -> None:
     features, boxes = make_case(7, batch=2, channels=2, height=4, width=5, output_size=3, count=6,
                                 dtype=torch.float64)
     features.requires_grad_(True)
@@ -76,7 +85,7 @@ def test_gradcheck_and_gradgradcheck_float64() -> None:
     assert torch.autograd.gradgradcheck(op, (features,), fast_mode=True)
 
 
-def test_opcheck_forward_and_backward() -> None:
+def test_opcheck_forward_and_backward(one_thread) -> None:
     features, boxes = make_case(8, batch=2, channels=3, height=5, width=6, output_size=3, count=5)
     features.requires_grad_(True)
     torch.library.opcheck(FEDPIC.roi_rod_align.default, (features, boxes, SCALE, 3))
@@ -168,7 +177,7 @@ def test_op_called_directly_checks_box_values() -> None:
         FEDPIC.roi_rod_align_backward(torch.zeros(1, 10, 3, 4), boxes[:1], SCALE, 4, 3, 5, 7, 9)
 
 
-def test_torch_compile_and_export() -> None:
+def test_torch_compile_and_export(one_thread) -> None:
     features, boxes = make_case(14, channels=4)
     features.requires_grad_(True)
 
@@ -189,7 +198,7 @@ def test_torch_compile_and_export() -> None:
     torch.testing.assert_close(exported.module()(features.detach(), boxes), Align()(features.detach(), boxes))
 
 
-def test_model_scoring_runs_the_compiled_op() -> None:
+def test_model_scoring_runs_the_compiled_op(one_thread) -> None:
     from pic_core.config import ModelConfig
     from pic_core.model import CropScorer
 
@@ -229,7 +238,7 @@ FALLBACK_SCRIPT = textwrap.dedent("""
 
 def test_fallback_without_extension_warns_once_and_matches_reference() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], cwd=root, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
