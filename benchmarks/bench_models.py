@@ -57,7 +57,8 @@ def bench_config(preset: Optional[str], epochs: int, threads: int, overrides: Op
 def trained_model(name: str, config: Config, data: Path) -> Path:
     """A prior-stage model for `config` on `data`, trained once and cached."""
     population = data / "population.json"
-    key = json.dumps({"config": to_dict(config), "data": str(data.resolve()),
+    training = {k: v for k, v in to_dict(config).items() if k not in ("threads", "progress", "device")}
+    key = json.dumps({"config": training, "data": str(data.resolve()),
                       "population": population.read_text() if population.is_file() else ""}, sort_keys=True)
     path = RUNS / "models" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if path.is_file():

@@ -47,6 +47,7 @@ from pic_core.metrics import mean_ci  # noqa: E402
 from pic_core.model import CropScorer  # noqa: E402
 from pic_core.protocol import evaluate_users  # noqa: E402
 from pic_core.samples import SampleCache  # noqa: E402
+from pic_core.user_crops import FAST_EPOCHS, FAST_LR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "clock", "immunohistochemistry")
@@ -195,7 +196,7 @@ def peak_memory(methods: list[str], default_path: Optional[Path], fast_path: Opt
 
 def quality(default_path: Path, fast_path: Path, data: Path, threads: int) -> dict:
     """acc1_5 (generic and personalized from 5 shots) of both models on the population's test split."""
-    config = bench_config(None, 0, threads, {"finetune.lr": 5e-2, "finetune.epochs": 10, "finetune.shots": 5})
+    config = bench_config(None, 0, threads, {"finetune.lr": FAST_LR, "finetune.epochs": FAST_EPOCHS, "finetune.shots": 5})
     users = list(open_dataset(data).users())
     results, per_user = {}, {}
     for name, path in (("default", default_path), ("fast", fast_path)):

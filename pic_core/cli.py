@@ -108,6 +108,9 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
         return run_personalize_from_crops(args, config, device)
     if not args.user:
         raise ConfigError("personalize --data: --user U is required")
+    if args.epochs is not None or args.lr is not None:
+        raise ConfigError("personalize --data: --epochs/--lr are for --crops; use --set finetune.epochs=N "
+                          "--set finetune.lr=X")
     model, _ = load_model(args.model, device)
     dataset = open_dataset(args.data)
     sets = dataset.user(args.user).split("train")
@@ -222,9 +225,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="dataset directory with users/<user>.csv (scored candidate crops)")
     p.add_argument("--crops", type=Path,
                    help="instead of --data: your own crops, CSV 'image,x1,y1,x2,y2' or JSON lines "
-                        '{"image": ..., "box": [x1, y1, x2, y2]} (see docs/crop_tool.md)')
+                        '{"image": ..., "box": [x1, y1, x2, y2]} (see docs/crop.md)')
     p.add_argument("--user", help="user id (required with --data; default with --crops: the file's name)")
     p.add_argument("--shots", type=int, help="with --data: use the first N 'train' images (default: finetune.shots)")
+    p.add_argument("--epochs", type=int, help="with --crops: passes over your photos (default 80)")
+    p.add_argument("--lr", type=float, help="with --crops: Adam step for d_u (default 0.05)")
     p.add_argument("--out", type=Path, required=True, help="user-state file to write")
     add_common_options(p)
     p.set_defaults(func=_cmd_personalize)

@@ -103,16 +103,14 @@ def check_align_inputs(features: Tensor, boxes: Tensor, output_size: int, spatia
         raise ValueError(f"roi_rod_align: boxes must be (K, 5) = [batch_index, x1, y1, x2, y2], got {tuple(boxes.shape)}")
     if boxes.device != features.device:
         raise ValueError(f"roi_rod_align: boxes on {boxes.device} but features on {features.device}")
-    if torch.compiler.is_compiling():  # traced (torch.export / torch.compile): values are symbolic, no checks
-        return
     if output_size < 1:
         raise ValueError(f"roi_rod_align: output_size must be >= 1, got {output_size}")
     if not 0 < spatial_scale < math.inf:  # also rejects NaN; traceable under torch.compile
         raise ValueError(f"roi_rod_align: spatial_scale must be a positive finite number, got {spatial_scale}")
     if features.shape[2] < 2 or features.shape[3] < 2:
         raise ValueError(f"roi_rod_align: feature map must be at least 2x2, got {tuple(features.shape[2:])}")
-    if not values or boxes.numel() == 0:
-        return
+    if not values or boxes.numel() == 0 or torch.compiler.is_compiling():
+        return  # traced (torch.export of the reference path): box values are symbolic
     if boxes.is_floating_point() and not torch.isfinite(boxes).all():
         raise ValueError("roi_rod_align: boxes contain NaN or infinite values")
     batch = boxes[:, 0]

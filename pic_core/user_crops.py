@@ -43,6 +43,11 @@ SHARPNESS = 2.0
 WEAK_OVERLAP = 0.5
 """Below this best candidate IoU, a photo's crop teaches little: say so."""
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2")
+FAST_EPOCHS = 80
+FAST_LR = 5e-2
+"""Fast-path settings for d_u alone (benchmarks/fewshot.py): a 16-d vector on cached features
+needs a larger step and more passes than the paper's full fine-tuning (Adam 1e-3, 10 epochs),
+and 80 epochs over 5 photos still take well under a second."""
 
 PathLike = Union[str, Path]
 
@@ -216,10 +221,12 @@ class CropsReport:
 
 
 def personalize_from_crops(model: CropScorer, crops: Sequence[UserCrop], config: Config,
-                           device: Union[str, torch.device] = "cpu", sharpness: float = SHARPNESS) -> CropsReport:
+                           device: Union[str, torch.device] = "cpu", sharpness: float = SHARPNESS,
+                           epochs: int = FAST_EPOCHS, lr: float = FAST_LR) -> CropsReport:
     """Fit the model's d_u (+ personal head) to a user's own crops with the fast path.
 
     The model's shared weights are untouched; d_u starts from 0 (the population prior).
+    The loss weights and delta_l2 come from config.finetune; epochs and lr are the fast path's.
     """
     cfg = config.finetune
     device = torch.device(device)
@@ -230,7 +237,7 @@ def personalize_from_crops(model: CropScorer, crops: Sequence[UserCrop], config:
     features = cached_crop_features(model, samples, device)
     with torch.no_grad():
         generic = [model.combine(f, personal=False).cpu().numpy() for f in features]
-    train_log = train_personal(model, samples, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
+    train_log = train_personal(model, samples, epochs=epochs, lr=lr, rank_weight=cfg.rank_weight,
                                smooth_l1_weight=cfg.smooth_l1_weight, delta_l2=cfg.delta_l2, seed=config.seed,
                                progress=config.progress, device=device, features=features)
     with torch.no_grad():
@@ -248,7 +255,8 @@ def run_personalize_from_crops(args: argparse.Namespace, config: Config, device:
                  config.finetune.mode)
     crops = read_user_crops(args.crops)
     model, _ = load_model(args.model, device)
-    report = personalize_from_crops(model, crops, config, device)
+    report = personalize_from_crops(model, crops, config, device, epochs=args.epochs or FAST_EPOCHS,
+                                    lr=args.lr or FAST_LR)
     user_id = args.user or Path(args.crops).stem
     save_user_state(args.out, model, user_id, {"source": "crops", "crops_file": str(args.crops)} | report.as_dict())
     log.info("personalized %s from %d crops on %d photos in %.2fs; top-1 IoU with your crops: generic %.2f -> "
