@@ -34,6 +34,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import RUNS, bench_config, demo_population, machine, trained_model, write_json  # noqa: E402
@@ -132,7 +133,7 @@ def time_methods(methods: dict, croppers: dict, photos: dict[str, np.ndarray], r
     """Median (and min) ms per photo for each method, methods interleaved photo by photo."""
     prepared = {kind: {n: croppers[kind].prepare(im)[0] for n, im in photos.items()} for kind in ("default", "fast")}
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for round_ in range(repeats + 1):  # round 0 warms up (allocators, caches, lazy inits)
+    for round_ in tqdm(range(repeats + 1), desc="timing rounds"):  # round 0 warms up (allocators, lazy inits)
         for name_photo, image in photos.items():
             for name, (fn, tensor_kind) in methods.items():
                 arg = prepared[tensor_kind][name_photo] if tensor_kind else image
