@@ -155,12 +155,24 @@ def same_boxes(a: Cropper, b: Cropper, photos: dict[str, np.ndarray]) -> dict:
     return {"photos": len(photos), "same_top_k": same, "max_score_gap": gap}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (ru_maxrss would report the parent's peak,
+    which Linux carries into a child across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_probe(method: str, default_path: str, fast_path: str, data: Optional[str], threads: int) -> dict:
     """Run one method over the photos once in this (fresh) process; peak RSS before/after."""
     set_threads(threads)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mb()
     photos = real_photos() | generated_photos(Path(data) if data else None, 8)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded = peak_rss_mb()
     if method.startswith("smartcrop"):
         from PIL import Image
         from smartcrop import SmartCrop
@@ -178,7 +190,7 @@ def memory_probe(method: str, default_path: str, fast_path: str, data: Optional[
                                      profile="fast" if method == "fedpic fast" else "default")
         for image in photos.values():
             cropper.crop(image, top_k=TOP_K)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     return {"peak_rss_mb": round(peak, 1), "after_imports_and_photos_mb": round(loaded, 1),
             "after_imports_mb": round(before, 1)}
 
@@ -235,12 +247,20 @@ def main() -> int:
                         help="threads for the (untimed) quality part; 1 avoids oversubscribing a busy machine")
     parser.add_argument("--out", type=Path, default=RUNS / "infer.json")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-only", action="store_true", help="re-measure peak memory into an existing --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("FEDPIC_CACHE", str(RUNS / "cache"))
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, str(args.default_model), str(args.fast_model),
                                       str(args.data) if args.data else None, args.threads)))
+        return 0
+    if args.memory_only:
+        report = json.loads(args.out.read_text())
+        report["peak_memory"] = peak_memory(["fedpic default", "fedpic fast", "smartcrop"], args.default_model,
+                                            args.fast_model, args.data, args.threads)
+        write_json(args.out, report)
+        print(json.dumps(report["peak_memory"]))
         return 0
     set_threads(args.threads)
     start = time.perf_counter()
