@@ -27,7 +27,7 @@ from pic_core.data.records import UserData
 from pic_core.model import CropScorer
 from pic_core.protocol import PopulationResult, json_safe
 from pic_core.samples import SampleCache
-from pic_core.train import configure_runtime
+from pic_core.train import TrainLog, configure_runtime
 
 from .baselines import (METHODS, LocalOnlySettings, evaluate_centralized, evaluate_generic, evaluate_local_only,
                         evaluate_oracle, evaluate_prior, load_users, objective_only, relabel, train_generic,
@@ -114,20 +114,19 @@ def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[s
     timing: dict[str, float] = {}
     logs: dict[str, dict] = {}
 
-    start = time.perf_counter()
-    pre_model, pre_log = train_generic(dataset, users, config, cache, device)
-    timing["pre_seconds"] = time.perf_counter() - start
-    logs["pre"] = pre_log.as_dict()
-    save_model(out_dir / PRE_MODEL, pre_model, to_dict(config), "pre", {"train": logs["pre"]})
-    log.info("pre: loss %s in %.1fs", _last(pre_log.epoch_losses), timing["pre_seconds"])
+    def stage(name: str, train: Callable[[], tuple[CropScorer, TrainLog]], file: str) -> CropScorer:
+        start = time.perf_counter()
+        model, train_log = train()
+        timing[f"{name}_seconds"] = time.perf_counter() - start
+        logs[name] = train_log.as_dict()
+        save_model(out_dir / file, model, to_dict(config), name, {"train": logs[name]})
+        log.info("%s: loss %s in %.1fs", name, _last(train_log.epoch_losses), timing[f"{name}_seconds"])
+        return model
+
+    pre_model = stage("pre", lambda: train_generic(dataset, users, config, cache, device), PRE_MODEL)
     prior_model: Optional[CropScorer] = None
     if {"prior", "centralized"} & set(methods):
-        start = time.perf_counter()
-        prior_model, prior_log = train_prior_model(pre_model, users, config, cache, device)
-        timing["prior_seconds"] = time.perf_counter() - start
-        logs["prior"] = prior_log.as_dict()
-        save_model(out_dir / PRIOR_MODEL, prior_model, to_dict(config), "prior", {"train": logs["prior"]})
-        log.info("prior: loss %s in %.1fs", _last(prior_log.epoch_losses), timing["prior_seconds"])
+        prior_model = stage("prior", lambda: train_prior_model(pre_model, users, config, cache, device), PRIOR_MODEL)
 
     families = user_families(data_dir)
     recorder = GalleryRecorder(plan_gallery(users, data_dir, gallery_users), data_dir, device)
