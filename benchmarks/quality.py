@@ -1,6 +1,6 @@
 """Quality benchmark: every centralized baseline on the demo population, with the targets checked.
 
-    python benchmarks/quality.py                       # configs/demo.yaml, runs/bench/population
+    python benchmarks/quality.py                       # configs/quality.yaml, runs/bench/population
     python benchmarks/quality.py --config my.yaml --set finetune.lr=0.1 --out runs/bench/q2.json
 
 Generates the demo population (40 users, default counts, seed 0) when --data does not exist,
@@ -45,7 +45,7 @@ TARGETS = {  # name: (method, base method, minimum gain in acc1_5 at N = TARGET_
 
 
 def default_config() -> Path | None:
-    path = ROOT / "configs" / "demo.yaml"
+    path = ROOT / "configs" / "quality.yaml"
     return path if path.is_file() else None
 
 
@@ -68,7 +68,7 @@ def check_targets(results: dict[tuple[str, int], PopulationResult], users: int) 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=default_config(),
-                        help="YAML config (default configs/demo.yaml when it exists)")
+                        help="YAML config (default configs/quality.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value (repeatable), e.g. --set finetune.epochs=20")
     parser.add_argument("--data", type=Path, default=ROOT / "runs" / "bench" / "population",
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-report", action="store_true", help="skip report.md in the run folder")
     args = parser.parse_args(argv)
     if args.config is None:
-        parser.error("configs/demo.yaml does not exist: pass --config")
+        parser.error("configs/quality.yaml does not exist: pass --config")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     config = load_config(args.config, overrides=parse_overrides(args.overrides))
     if not args.data.exists():

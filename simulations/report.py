@@ -111,6 +111,14 @@ def read_rounds(path: Path) -> list[dict]:
     return records
 
 
+def _variant(where: str, rel: str, earlier: str, run_dir: Path) -> str:
+    """What tells a repeated method entry apart: its top JSON key when the earlier entry
+    is in the same file (e.g. a federated run's `holdout_evaluation`), else its folder."""
+    if earlier.startswith(rel + "."):
+        return where[len(rel) + 1:].split(".")[0].split("[")[0]
+    return (run_dir / rel).parent.name
+
+
 def load_run(run_dir: Path) -> RunContents:
     """Read every results file, round log and gallery in RUN_DIR and one level below."""
     run_dir = Path(run_dir)
@@ -125,7 +133,7 @@ def load_run(run_dir: Path) -> RunContents:
             for where, result in _population_results(payload, rel):
                 key = (result.method, result.shots)
                 if key in run.results:
-                    renamed = f"{result.method} [{path.parent.name}]"
+                    renamed = f"{result.method} [{_variant(where, rel, run.sources[key], run_dir)}]"
                     run.notes.append(f"`{where}` repeats method {result.method} N={result.shots} of "
                                      f"`{run.sources[key]}`; shown as `{renamed}`")
                     result = PopulationResult(renamed, result.shots, result.per_user)
@@ -299,26 +307,40 @@ def flatten_numbers(record: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def curve_groups(records: Sequence[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """{"evaluation": {metric: [(round, value)]}, "training loss": {...}} from round records."""
-    groups: dict[str, dict[str, list[tuple[float, float]]]] = {"evaluation": {}, "training loss": {}}
+CURVE_METRICS = ("acc1_5", "srcc", "acc_5", "wacc_5", "acc1_10", "acc_10", "pcc")
+"""Evaluation metrics that get a learning-curve panel, in panel order."""
+
+
+def curve_groups(records: Sequence[dict], max_panels: int = 3) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{"training loss": {key: [(round, value)]}, "<metric>": {key: [...]}} from round records.
+
+    Losses share one panel; each evaluation metric gets its own panel whose lines are its
+    variants (`evaluate.generic-acc1_5`, `evaluate.personalized-acc1_5`...), so the federated
+    log's generic / personalized / stored figures are compared per metric. Keys are dotted
+    paths of nested objects; the metric is the last part after a '-' (or the whole leaf).
+    """
+    losses: dict[str, list[tuple[float, float]]] = {}
+    metrics: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for record in records:
         for key, value in flatten_numbers(record).items():
             leaf = key.rsplit(".", 1)[-1]
             if key == "round":
                 continue
             if "loss" in leaf:
-                groups["training loss"].setdefault(key, []).append((record["round"], value))
-            elif any(t in leaf for t in ("acc", "srcc", "pcc")):
-                groups["evaluation"].setdefault(key, []).append((record["round"], value))
-    return {name: series for name, series in groups.items() if series}
+                losses.setdefault(key, []).append((record["round"], value))
+            elif leaf.rsplit("-", 1)[-1] in CURVE_METRICS:
+                metrics.setdefault(leaf.rsplit("-", 1)[-1], {}).setdefault(key, []).append((record["round"], value))
+    groups = {"training loss": losses} if losses else {}
+    for name in [m for m in CURVE_METRICS if m in metrics][:max_panels]:
+        groups[name] = metrics[name]
+    return groups
 
 
 def plot_learning_curves(records: Sequence[dict], path: Path, title: str, max_lines: int = 8) -> Optional[Path]:
     groups = curve_groups(records)
     if not groups:
         return None
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
     for ax, (name, series) in zip(axes[0], groups.items()):
         for key in sorted(series)[:max_lines]:
             points = sorted(series[key])

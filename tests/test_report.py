@@ -11,7 +11,7 @@ import pytest
 
 from fedpic.cli import main
 from pic_core.protocol import PopulationResult
-from simulations.experiment import read_results
+from simulations.experiment import read_results, results_payload, write_results
 from simulations.report import REPORT_FILE, build_report, curve_groups, load_run, paired_gain
 from test_baselines import make_population
 
@@ -70,27 +70,68 @@ def test_report_files_and_tables(run_dir, tmp_path):
     assert all(t["own_best"] is not None for t in overview["tiles"][1:])  # synthetic tastes give every user's own best
 
 
+def _fed_rounds(count: int) -> list[dict]:
+    """Round records shaped like server/round_log.py writes them (docs/federated.md)."""
+    metrics = ("acc1_5", "acc_5", "acc_10", "wacc_5", "srcc")
+    return [{"round": r, "strategy": "fedavg", "aggregated": r > 0, "upload_bytes_mean": 1000.0,
+             "train": None if r == 0 else {"loss-personal": 1.0 / (r + 1), "loss-shared": 2.0 / (r + 1),
+                                           "train-seconds": 3.0, "compiled-op": 1.0},
+             "evaluate": None if r % 2 else {f"{v}-{m}": 0.1 * r + 0.01 * i for i, v in
+                                             enumerate(("generic", "personalized", "stored")) for m in metrics}}
+            for r in range(count)]
+
+
 def test_report_reads_federated_results_and_rounds(run_dir, tmp_path):
-    """A federated run next to the centralized one: its methods join the table, its rounds get curves."""
+    """`fedpic simulate --out RUN_DIR/federated` next to the centralized run: its population and
+    hold-out evaluations join the table, its round log gets one curve panel per metric."""
     run = _copy(run_dir, tmp_path)
     _, results = read_results(run / "results.json")
     centralized = next(r for r in results if r.method == "centralized" and r.shots == 1)
     generic = next(r for r in results if r.method == "generic" and r.shots == 1)
     fed = run / "federated"
     fed.mkdir()
-    federated = PopulationResult("federated", 1, centralized.per_user)
-    fed_generic = PopulationResult("federated-generic", 1, generic.per_user)
+
+    def evaluation(per_user_p, per_user_g):
+        return {"shots": 1, "users": len(per_user_p), "generic": PopulationResult("federated-generic", 1, per_user_g).to_json(),
+                "personalized": PopulationResult("federated", 1, per_user_p).to_json()}
+    holdout = {"u9": centralized.per_user["u000"]}
     (fed / "results.json").write_text(json.dumps({
-        "format": "fedpic-federated-results", "format_version": 1,
-        "evaluation": {"shots": 1, "generic": fed_generic.to_json(), "personalized": federated.to_json()}}))
-    rounds = [{"round": r, "evaluate": None if r % 2 else {"acc1_5": 0.1 * r, "srcc": 0.05 * r},
-               "train": {"loss-shared": 1.0 / (r + 1)}, "aggregated": True} for r in range(5)]
-    (fed / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+        "format": "fedpic-federated-results", "format_version": 1, "rounds_completed": 5,
+        "evaluation": evaluation(centralized.per_user, generic.per_user),
+        "holdout_evaluation": evaluation(holdout, holdout)}))
+    (fed / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _fed_rounds(5)))
     text = build_report(run).read_text()
     assert "| federated | 1 |" in text and "| federated-generic | 1 |" in text
+    assert "| federated [holdout_evaluation] | 1 |" in text  # hold-out users: shown apart, not merged
     assert "| federated | 1 | generic |" in text  # gains against the centralized generic baseline
     assert "## Learning curves (`federated/rounds.jsonl`, 5 rounds)" in text
     _image_ok(run / "figures" / "learning_curves_federated_rounds.png")
+    groups = curve_groups(_fed_rounds(5))
+    assert list(groups) == ["training loss", "acc1_5", "srcc", "acc_5"]  # wacc_5, acc_10: past max_panels
+    assert set(groups["acc1_5"]) == {f"evaluate.{v}-acc1_5" for v in ("generic", "personalized", "stored")}
+    assert groups["acc1_5"]["evaluate.personalized-acc1_5"] == [(0, 0.01), (2, pytest.approx(0.21)),
+                                                                (4, pytest.approx(0.41))]
+
+
+def test_report_of_a_federated_run_alone(run_dir, tmp_path):
+    """A federated run folder in the fedpic-results format, without any centralized baseline:
+    gains are measured against federated-generic; no gallery, no population file needed."""
+    _, results = read_results(run_dir / "results.json")
+    pick = {r.method: r for r in results if r.shots == 2}
+    run = tmp_path / "fedrun"
+    run.mkdir()
+    payload = results_payload([PopulationResult("federated-generic", 2, pick["generic"].per_user),
+                               PopulationResult("federated", 2, pick["centralized"].per_user)],
+                              kind="federated", data_dir=tmp_path / "gone")
+    write_results(run / "results.json", payload)
+    (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _fed_rounds(3)))
+    assert main(["report", str(run)]) == 0
+    text = (run / REPORT_FILE).read_text()
+    assert "| federated | 2 | federated-generic |" in text
+    assert "`federated` federated PIC" in text
+    assert "## Learning curves (`rounds.jsonl`, 3 rounds)" in text and "## Crop galleries" not in text
+    _image_ok(run / "figures" / "learning_curves_rounds.png")
+    _image_ok(run / "figures" / "accuracy_vs_shots.png")
 
 
 def test_repeated_method_is_renamed_not_dropped(run_dir, tmp_path):
@@ -121,7 +162,8 @@ def test_paired_gain_counts():
 
 
 def test_curve_groups_keep_only_metrics_and_losses():
-    records = [{"round": 0, "evaluate": {"acc1_5": 0.2}, "upload_bytes_mean": 10.0},
+    records = [{"round": 0, "evaluate": {"acc1_5": 0.2, "images": 10}, "upload_bytes_mean": 10.0},
                {"round": 1, "evaluate": None, "train": {"loss-shared": 0.5, "num-examples": 40}, "aggregated": True}]
     groups = curve_groups(records)
-    assert groups == {"evaluation": {"evaluate.acc1_5": [(0, 0.2)]}, "training loss": {"train.loss-shared": [(1, 0.5)]}}
+    assert groups == {"training loss": {"train.loss-shared": [(1, 0.5)]}, "acc1_5": {"evaluate.acc1_5": [(0, 0.2)]}}
+    assert curve_groups([{"round": 0, "upload_bytes_mean": 1.0}]) == {}
