@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pic_core import __version__
 from pic_core.checkpoint import save_model, save_user_state
 from pic_core.config import Config, to_dict
-from pic_core.data.common import atomic_write_text
+from pic_core.atomic import atomic_write_text
 from pic_core.data.dataset import Dataset
 from pic_core.data.records import UserData
 from pic_core.model import CropScorer
