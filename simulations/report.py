@@ -406,7 +406,8 @@ def targets_section(run: RunContents) -> list[str]:
             for name, target in targets.items():
                 if isinstance(target, dict):
                     value = target.get("value")
-                    shown = f"{value:+.3f}" if isinstance(value, (int, float)) else "-"
+                    shown = (str(value) if isinstance(value, int) else f"{value:+.3f}" if isinstance(value, float)
+                             else "-")
                     lines.append(f"| {name}: {target.get('description', '')} | {shown} | "
                                  f"{'yes' if target.get('met') else 'no'} |")
             lines.append("")
