@@ -8,8 +8,6 @@ stays on a device.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from . import __version__
+from .atomic import atomic_open
 from .config import ConfigError, ModelConfig, from_dict, to_dict
 from .model import CropScorer
 from .params import load_personal, load_shared, personal_state, shared_state
@@ -34,21 +33,10 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """torch.save through pic_core.atomic: a crash mid-write leaves the previous file intact."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
 def _read(path: PathLike, expected_format: str) -> dict:

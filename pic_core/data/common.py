@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional, Union
 
 import numpy as np
 
+from ..atomic import atomic_write_text  # noqa: F401  (re-exported for the writers)
 from ..geometry import validate_boxes
 from .images import DEFAULT_MAX_PIXELS, ImageMissing, image_size
 from .records import CropSet, DataError, format_box
@@ -164,22 +163,6 @@ def box_problem(box: np.ndarray, size: tuple[int, int]) -> Optional[tuple[str, s
 def float_text(value: float) -> str:
     """Shortest text that reads back to the same float32 (scores round-trip exactly)."""
     return np.format_float_positional(np.float32(value), unique=True, trim="-")
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_text(path: PathLike) -> str:

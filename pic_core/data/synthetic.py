@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import atomic_write_bytes
 from ..geometry import grid_anchors, resized_size, to_original
 from .records import SPLITS, DataError, format_box
 from .user_csv import read_user_csv
@@ -155,14 +156,6 @@ def probe_scenes(seed: int, count: int) -> list[tuple[str, Scene]]:
 
 # ---------------------------------------------------------------- files
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temp file in the same folder + rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
 def _csv_bytes(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -180,7 +173,7 @@ def _render_job(job: tuple[dict, str, int]) -> str:
     ok, data = cv2.imencode(".jpg", render_scene(Scene.from_json(scene_json)), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError(f"{path}: JPEG encoding failed")
-    write_atomic(Path(path), data.tobytes())
+    atomic_write_bytes(Path(path), data.tobytes())
     return path
 
 
@@ -236,18 +229,18 @@ def generate(spec: PopulationSpec, out: Path | str, workers: int = 2, progress: 
             rows[i].extend([plan.name, b, f"{s:.4f}", plan.split] for b, s in zip(spelled, scores[i]))
             split_names[i][plan.split].append(plan.name)
     for taste, user_rows in zip(tastes, rows):
-        write_atomic(out / "users" / f"{taste.user_id}.csv", _csv_bytes(("name", "bbox", "score", "split"), user_rows))
-    write_atomic(out / "generic.csv", _csv_bytes(("name", "bbox", "score"), generic_rows))
-    write_atomic(out / "scenes.json", _json_bytes({p.name: p.scene.to_json() for p in plans}))
+        atomic_write_bytes(out / "users" / f"{taste.user_id}.csv", _csv_bytes(("name", "bbox", "score", "split"), user_rows))
+    atomic_write_bytes(out / "generic.csv", _csv_bytes(("name", "bbox", "score"), generic_rows))
+    atomic_write_bytes(out / "scenes.json", _json_bytes({p.name: p.scene.to_json() for p in plans}))
     users = {t.user_id: {**t.to_json(), "images": names} for t, names in zip(tastes, split_names)}
-    write_atomic(out / "users.json", _json_bytes(users))
+    atomic_write_bytes(out / "users.json", _json_bytes(users))
     population = {"generator_version": GENERATOR_VERSION, "seed": spec.seed, "users": spec.users,
                   "counts": {s: getattr(spec, s) for s in SPLITS}, "shared_images": spec.shared,
                   "images": len(plans), "probe_images": spec.probe, "jpeg_quality": spec.quality,
                   "families": {name: sum(t.family == name for t in tastes) for name in FAMILIES}}
-    write_atomic(out / "population.json", _json_bytes(population))
+    atomic_write_bytes(out / "population.json", _json_bytes(population))
     population["stats"] = population_stats(out)
-    write_atomic(out / "population.json", _json_bytes(population))
+    atomic_write_bytes(out / "population.json", _json_bytes(population))
     return population
 
 

@@ -1,0 +1,2 @@
+"""Population experiments on one machine: baselines, the centralized comparison, reports
+(and the federated simulation runner)."""
