@@ -2,7 +2,7 @@
 
 A model file holds the SHARED weights, the model config and the full run config, the stage
 that produced it and the fedpic version. A user-state file holds one user's PERSONAL
-tensors (d_u, personal head) and which model they were fitted on; it is the thing that
+tensors (d_u, personal head, crop-head offsets) and which model they were fitted on; it is the thing that
 stays on a device.
 """
 from __future__ import annotations
@@ -119,18 +119,34 @@ def save_user_state(path: PathLike, model: CropScorer, user_id: str, extra: Opti
     return atomic_save(payload, path)
 
 
+OPTIONAL_PERSONAL = {"personal.head.": "head", "personal.offsets.": "offsets"}
+
+
+def _optional_parts(path: PathLike, model: CropScorer, personal: dict) -> dict:
+    """Reconcile optional PERSONAL parts (personal head, crop-head offsets) between a user state
+    and the model: a part the state lacks starts at zero (the generic model); a part the model
+    lacks is dropped, unless it holds a fitted (non-zero) offset the model cannot apply."""
+    model_keys = set(personal_state(model))
+    for prefix, name in OPTIONAL_PERSONAL.items():
+        in_state = [k for k in personal if k.startswith(prefix)]
+        in_model = [k for k in model_keys if k.startswith(prefix)]
+        if in_state and not in_model:
+            if name == "offsets" and any(torch.as_tensor(personal[k]).any() for k in in_state):
+                raise CheckpointError(f"{path}: user state has personal crop-head offsets but the model was built "
+                                      "with personal_offsets: false")
+            personal = {k: v for k, v in personal.items() if not k.startswith(prefix)}
+        elif in_model and not in_state:
+            personal.update({k: torch.zeros_like(v) for k, v in personal_state(model).items() if k.startswith(prefix)})
+    return personal
+
+
 def load_user_state(path: PathLike, model: CropScorer) -> dict:
     """Load a user state into `model`; warns when it was fitted on a different shared model."""
     payload = _read(path, USER_STATE_FORMAT)
     if payload.get("embed_dim") != model.config.embed_dim:
         raise CheckpointError(f"{path}: user state has embed_dim {payload.get('embed_dim')}, "
                               f"the model has {model.config.embed_dim}")
-    personal = dict(payload["personal"])
-    if model.personal.head is None:
-        personal = {k: v for k, v in personal.items() if not k.startswith("personal.head.")}
-    elif not any(k.startswith("personal.head.") for k in personal):
-        model.personal.reset()
-        personal.update({k: v for k, v in personal_state(model).items() if k.startswith("personal.head.")})
+    personal = _optional_parts(path, model, dict(payload["personal"]))
     try:
         load_personal(model, personal)
     except (KeyError, ValueError) as exc:

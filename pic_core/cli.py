@@ -228,7 +228,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         '{"image": ..., "box": [x1, y1, x2, y2]} (see docs/crop.md)')
     p.add_argument("--user", help="user id (required with --data; default with --crops: the file's name)")
     p.add_argument("--shots", type=int, help="with --data: use the first N 'train' images (default: finetune.shots)")
-    p.add_argument("--epochs", type=int, help="with --crops: passes over your photos (default 80)")
+    p.add_argument("--epochs", type=int, help="with --crops: passes over your photos (default 10)")
     p.add_argument("--lr", type=float, help="with --crops: Adam step for d_u (default 0.05)")
     p.add_argument("--out", type=Path, required=True, help="user-state file to write")
     add_common_options(p)

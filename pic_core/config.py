@@ -33,6 +33,7 @@ class ModelConfig:
     context_dim: int = 32  # dual-attention image context
     dropout: float = 0.5
     personal_head: bool = False  # a small per-user linear head over g, kept on the device
+    personal_offsets: bool = True  # per-user offsets on the crop head's weights (fast path), kept on the device
     backbone_weights: Optional[str] = None  # local torchvision MobileNetV2 state_dict; never downloaded
 
 
@@ -64,9 +65,10 @@ class FinetuneConfig:
     lr: float = 1e-3
     shots: int = 5
     rank_weight: float = 1.0
-    smooth_l1_weight: float = 0.8
-    mode: str = "fast"  # fast: d_u (+ personal head) on cached crop features | full: every weight
+    smooth_l1_weight: float = 0.0  # the reference adds 0.8 * SmoothL1; rank only measured better (docs/crop.md)
+    mode: str = "fast"  # fast: d_u (+ personal head, at lr) and crop-head offsets (at head_lr) on cached features
     delta_l2: float = 0.0  # pull d_u towards 0 (the population prior)
+    head_lr: float = 1.0e-3  # fast mode: lr of the personal crop-head offsets (0: d_u alone)
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 score_k = s_obj(h_k) + <g(h_k, context, geometry_k), e_u>  (+ personal_head(g_k))
 e_u = e_0 + d_u: e_0 is the population prior (shared), d_u the user's offset (personal,
-kept on the device). d_u = 0 is the generic model.
+kept on the device). d_u = 0 is the generic model. With `personal_offsets`, the crop head
+after the align step (objective head and g) also carries a personal weight offset (zero for
+the generic model): few-shot fine-tuning of that head on cached aligned features matches
+fine-tuning every weight, at a fraction of the cost.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from .backbone import MultiScaleBackbone
 from .config import ModelConfig
@@ -43,6 +47,19 @@ class CropFeatures:
                             self.hidden.detach())
 
 
+@dataclass
+class HeadInputs:
+    """What the crop head reads for each candidate: the fast path caches these (one backbone pass)."""
+
+    aligned: Tensor  # (K, 2C, A, A) RoI + RoD features
+    context: Tensor  # (K, context_dim) the image context of each candidate
+    geometry: Tensor  # (K, GEOMETRY_DIM)
+    batch_index: Tensor  # (K,)
+
+    def detach(self) -> "HeadInputs":
+        return HeadInputs(self.aligned.detach(), self.context.detach(), self.geometry.detach(), self.batch_index)
+
+
 def box_geometry(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
     """(K, 5) boxes -> (K, 10) scale-free geometry: corners, centre, size, log aspect, area."""
     height, width = image_size
@@ -73,24 +90,41 @@ class DualAttention(nn.Module):
         return (x.flatten(2) * weights).sum(-1)
 
 
-class PersonalState(nn.Module):
-    """The only parameters that never leave a device: d_u and an optional tiny head."""
+HEAD_MODULES = ("objective_trunk", "objective_out", "preference")  # after the align step
 
-    def __init__(self, embed_dim: int, with_head: bool):
+
+def offset_key(name: str) -> str:
+    """A shared parameter name as a ParameterDict key (no dots)."""
+    return name.replace(".", "__")
+
+
+class PersonalState(nn.Module):
+    """The only parameters that never leave a device: d_u, an optional tiny head, and optional
+    offsets on the crop head's shared weights (`offsets[key]` is added to that weight)."""
+
+    def __init__(self, embed_dim: int, with_head: bool, head_weights: Optional[dict[str, Tensor]] = None):
         super().__init__()
         self.delta = nn.Parameter(torch.zeros(embed_dim))
         self.head = nn.Linear(embed_dim, 1) if with_head else None
-        if self.head is not None:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        self.offsets = None
+        if head_weights is not None:
+            self.offsets = nn.ParameterDict({offset_key(k): nn.Parameter(torch.zeros_like(v))
+                                             for k, v in head_weights.items()})
+        self.reset()
 
     def reset(self) -> None:
-        """Back to the generic model (d_u = 0, head off)."""
+        """Back to the generic model (d_u = 0, head off, offsets 0)."""
         with torch.no_grad():
-            self.delta.zero_()
-            if self.head is not None:
-                self.head.weight.zero_()
-                self.head.bias.zero_()
+            for p in self.parameters():
+                p.zero_()
+
+    def offset_parameters(self) -> list[nn.Parameter]:
+        return list(self.offsets.values()) if self.offsets is not None else []
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """d_u and the personal head: everything but the offsets."""
+        offsets = {id(p) for p in self.offset_parameters()}
+        return [p for p in self.parameters() if id(p) not in offsets]
 
 
 class CropScorer(nn.Module):
@@ -109,20 +143,39 @@ class CropScorer(nn.Module):
             nn.Linear(config.feature_dim + config.context_dim + GEOMETRY_DIM, 64), nn.ReLU(inplace=True),
             nn.Linear(64, e))
         self.prior_embedding = nn.Parameter(torch.randn(e) / e ** 0.5)
-        self.personal = PersonalState(e, config.personal_head)
+        head_weights = None
+        if config.personal_offsets:
+            head_weights = {f"{m}.{n}": p for m in HEAD_MODULES for n, p in getattr(self, m).named_parameters()}
+        self.personal = PersonalState(e, config.personal_head, head_weights)
 
     # -- stages of a forward pass, exposed so the fast paths can cache between them --
     def encode(self, images: Tensor) -> ImageEncoding:
         fused = self.backbone.fused_taps(images)
         return ImageEncoding(self.backbone.reduce(fused), self.attention(fused), tuple(images.shape[-2:]))
 
-    def crop_features(self, encoding: ImageEncoding, boxes: Tensor) -> CropFeatures:
+    def head_inputs(self, encoding: ImageEncoding, boxes: Tensor) -> HeadInputs:
         aligned = roi_rod_align(encoding.feature_map, boxes, 1.0 / 16, self.config.align_size)
-        hidden = self.objective_trunk(aligned)
-        objective = self.objective_out(hidden).squeeze(1)
         batch = boxes[:, 0].long()
-        inputs = torch.cat([hidden, encoding.context[batch], box_geometry(boxes, encoding.image_size)], dim=1)
-        return CropFeatures(objective, self.preference(inputs), batch, hidden)
+        return HeadInputs(aligned, encoding.context[batch], box_geometry(boxes, encoding.image_size), batch)
+
+    def _head_module(self, name: str, x: Tensor, personal: bool) -> Tensor:
+        """One crop-head module, with the user's weight offsets added when `personal`."""
+        module = getattr(self, name)
+        offsets = self.personal.offsets
+        if not personal or offsets is None:
+            return module(x)
+        weights = {n: p + offsets[offset_key(f"{name}.{n}")] for n, p in module.named_parameters()}
+        return functional_call(module, weights, (x,), strict=False)
+
+    def head_features(self, inputs: HeadInputs, personal: bool = True) -> CropFeatures:
+        """The crop head on aligned features (objective score, h_k, g_k)."""
+        hidden = self._head_module("objective_trunk", inputs.aligned, personal)
+        objective = self._head_module("objective_out", hidden, personal).squeeze(1)
+        joined = torch.cat([hidden, inputs.context, inputs.geometry], dim=1)
+        return CropFeatures(objective, self._head_module("preference", joined, personal), inputs.batch_index, hidden)
+
+    def crop_features(self, encoding: ImageEncoding, boxes: Tensor, personal: bool = True) -> CropFeatures:
+        return self.head_features(self.head_inputs(encoding, boxes), personal)
 
     def user_embedding(self, delta: Optional[Tensor] = None) -> Tensor:
         """e_u = e_0 + d_u; `delta` overrides the stored d_u ((E,) or one row per image)."""
@@ -154,4 +207,4 @@ class CropScorer(nn.Module):
     def forward(self, images: Tensor, boxes: Tensor, delta: Optional[Tensor] = None, personal: bool = True,
                 subjective: bool = True) -> Tensor:
         """images (N, 3, H, W) normalized; boxes (K, 5) in input pixels -> scores (K,)."""
-        return self.combine(self.crop_features(self.encode(images), boxes), delta, personal, subjective)
+        return self.combine(self.crop_features(self.encode(images), boxes, personal), delta, personal, subjective)

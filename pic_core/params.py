@@ -1,6 +1,6 @@
 """Which weights are SHARED (may leave a device) and which are PERSONAL (never do).
 
-PERSONAL: every key under `personal.` (d_u and the optional personal head).
+PERSONAL: every key under `personal.` (d_u, the optional personal head, the crop-head offsets).
 SHARED: everything else in the state_dict, buffers included (BatchNorm statistics).
 The federation exchanges SHARED keys only, as numpy arrays in a fixed key order.
 """

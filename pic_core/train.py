@@ -20,7 +20,7 @@ from .config import Config
 from .data.records import CropSet
 from .losses import crop_loss
 from .metrics import crop_metrics
-from .model import CropFeatures, CropScorer
+from .model import CropFeatures, CropScorer, HeadInputs
 from .params import trainable_shared_parameters
 from .samples import Sample, SampleCache
 
@@ -85,7 +85,8 @@ def run_epochs(model: CropScorer, samples: Sequence[Sample], parameters: Iterabl
         total = 0.0
         for index in _epoch_order(len(samples), rng):
             sample = samples[index]
-            features = model.crop_features(model.encode(sample.image[None].to(device)), sample.boxes.to(device))
+            features = model.crop_features(model.encode(sample.image[None].to(device)), sample.boxes.to(device),
+                                           personal=personal)
             delta = delta_for(sample) if delta_for is not None else None
             pred = model.combine(features, delta, personal=personal, subjective=subjective)
             loss = crop_loss(pred, sample.scores.to(device), rank_weight, smooth_l1_weight)
@@ -178,36 +179,57 @@ def personal_parameters(model: CropScorer) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def cached_crop_features(model: CropScorer, samples: Sequence[Sample],
-                         device: Optional[torch.device] = None) -> list[CropFeatures]:
-    """Crop features of every sample in eval mode: the backbone runs once per image."""
+def cached_head_inputs(model: CropScorer, samples: Sequence[Sample],
+                       device: Optional[torch.device] = None) -> list[HeadInputs]:
+    """Aligned features of every sample in eval mode: the backbone runs once per image."""
     device = device or next(model.parameters()).device
     model.eval()
-    return [model.crop_features(model.encode(s.image[None].to(device)), s.boxes.to(device)).detach()
-            for s in samples]
+    return [model.head_inputs(model.encode(s.image[None].to(device)), s.boxes.to(device)).detach() for s in samples]
+
+
+@torch.no_grad()
+def cached_crop_features(model: CropScorer, samples: Sequence[Sample], device: Optional[torch.device] = None,
+                         personal: bool = True) -> list[CropFeatures]:
+    """Crop features of every sample in eval mode: the backbone runs once per image."""
+    return [model.head_features(inputs, personal).detach() for inputs in cached_head_inputs(model, samples, device)]
 
 
 def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int, lr: float, rank_weight: float,
                    smooth_l1_weight: float, delta_l2: float = 0.0, seed: int = 0, progress: bool = False,
                    device: Optional[torch.device] = None,
-                   features: Optional[Sequence[CropFeatures]] = None) -> TrainLog:
-    """Fast path: fit d_u (+ personal head) with everything shared frozen, on cached features.
+                   features: Optional[Sequence[CropFeatures]] = None, head_lr: float = 0.0,
+                   head_inputs: Optional[Sequence[HeadInputs]] = None) -> TrainLog:
+    """Fast path: fit the PERSONAL parameters with everything shared frozen, on cached features.
 
-    The score is linear in d_u given the cached features, so this costs one backbone pass
-    per image plus milliseconds of optimization.
+    d_u (+ personal head) learn at `lr`. With head_lr > 0 and a model with personal offsets,
+    the offsets on the crop head (objective head and g) learn at head_lr on cached aligned
+    features (`head_inputs`), which is what closes the gap to fine-tuning every weight; with
+    head_lr = 0 the score is linear in d_u given cached crop features (`features`). Either way
+    the backbone runs once per image and the rest costs well under a second on a CPU.
     """
     log = TrainLog("personal")
     if not samples or epochs <= 0:
         return log
     start = time.perf_counter()
-    features = list(features) if features is not None else cached_crop_features(model, samples, device)
-    targets = [s.scores.to(f.objective.device) for s, f in zip(samples, features)]
-    optimizer = torch.optim.Adam(personal_parameters(model), lr=lr)
+    offsets = model.personal.offset_parameters() if head_lr > 0 else []
+    groups = [{"params": model.personal.embedding_parameters(), "lr": lr}]
+    if offsets:
+        groups.append({"params": offsets, "lr": head_lr})
+        inputs = list(head_inputs) if head_inputs is not None else cached_head_inputs(model, samples, device)
+        features_of = lambda index: model.head_features(inputs[index])  # noqa: E731
+        device_of = inputs[0].aligned.device
+    else:
+        cached = list(features) if features is not None else cached_crop_features(model, samples, device)
+        features_of = cached.__getitem__
+        device_of = cached[0].objective.device
+    targets = [s.scores.to(device_of) for s in samples]
+    optimizer = torch.optim.Adam(groups, lr=lr)
     rng = np.random.default_rng(seed)
+    model.eval()  # BatchNorm on running statistics, no dropout: the cached features were computed so
     for _ in tqdm(range(epochs), desc="personalize", disable=not progress, leave=False):
         total = 0.0
         for index in _epoch_order(len(samples), rng):
-            pred = model.combine(features[index])
+            pred = model.combine(features_of(index))
             loss = crop_loss(pred, targets[index], rank_weight, smooth_l1_weight)
             if delta_l2:
                 loss = loss + delta_l2 * model.personal.delta.pow(2).sum()
@@ -241,8 +263,9 @@ def finetune(model: CropScorer, crop_sets: Sequence[CropSet], config: Config, ca
              device: Optional[torch.device] = None) -> TrainLog:
     """Stage finetune for one user, from the prior: d_u starts at 0 (the population prior).
 
-    mode fast: d_u (+ personal head) on cached features; mode full: every weight, as the
-    reference does (the model's shared weights change, so that model stays on the device).
+    mode fast: d_u (+ personal head) and the personal crop-head offsets (head_lr) on cached
+    features; mode full: every weight, as the reference does (the model's shared weights change,
+    so that model stays on the device).
     """
     cfg = config.finetune
     model.personal.reset()
@@ -250,8 +273,10 @@ def finetune(model: CropScorer, crop_sets: Sequence[CropSet], config: Config, ca
     if cfg.mode == "fast":
         return train_personal(model, samples, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
                               smooth_l1_weight=cfg.smooth_l1_weight, delta_l2=cfg.delta_l2, seed=config.seed,
-                              progress=config.progress, device=device)
-    return run_epochs(model, samples, model.parameters(), epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
+                              progress=config.progress, device=device, head_lr=cfg.head_lr)
+    offsets = {id(p) for p in model.personal.offset_parameters()}  # redundant with the weights they offset
+    parameters = [p for p in model.parameters() if id(p) not in offsets]
+    return run_epochs(model, samples, parameters, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
                       smooth_l1_weight=cfg.smooth_l1_weight, seed=config.seed, stage="finetune",
                       progress=config.progress, device=device)
 
@@ -260,7 +285,7 @@ def finetune(model: CropScorer, crop_sets: Sequence[CropSet], config: Config, ca
 def predict(model: CropScorer, samples: Sequence[Sample], personal: bool = True,
             device: Optional[torch.device] = None) -> list[np.ndarray]:
     """Scores of every candidate of every sample (eval mode)."""
-    features = cached_crop_features(model, samples, device)
+    features = cached_crop_features(model, samples, device, personal)
     return [model.combine(f, personal=personal).float().cpu().numpy() for f in features]
 
 

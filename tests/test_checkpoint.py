@@ -5,7 +5,7 @@ from pic_core.checkpoint import (CheckpointError, load_model, load_user_state, s
                                  state_fingerprint)
 from pic_core.config import ModelConfig
 from pic_core.model import CropScorer
-from pic_core.params import shared_state
+from pic_core.params import load_shared, shared_state
 
 TINY = ModelConfig(width=0.35, channels=4, align_size=5, short_side=64, hidden=16, feature_dim=8, embed_dim=4,
                    context_dim=8, dropout=0.0)
@@ -38,6 +38,30 @@ def test_user_state_round_trip_and_model_mismatch_warning(tmp_path):
         meta = load_user_state(tmp_path / "u.pt", other)
     assert meta["user_id"] == "alice"
     torch.testing.assert_close(other.personal.delta.detach(), torch.arange(4.0))
+
+
+def test_user_state_carries_head_offsets_and_older_states_load_as_zero(tmp_path):
+    torch.manual_seed(0)
+    model = CropScorer(TINY)
+    with torch.no_grad():
+        for p in model.personal.offset_parameters():
+            p.normal_()
+    save_user_state(tmp_path / "u.pt", model, "alice")
+    raw = torch.load(tmp_path / "u.pt", weights_only=True)
+    assert any(k.startswith("personal.offsets.") for k in raw["personal"])
+    other = CropScorer(TINY)
+    load_shared(other, shared_state(model))
+    load_user_state(tmp_path / "u.pt", other)
+    for mine, theirs in zip(model.personal.offset_parameters(), other.personal.offset_parameters()):
+        torch.testing.assert_close(theirs.detach(), mine.detach())
+    raw["personal"] = {k: v for k, v in raw["personal"].items() if not k.startswith("personal.offsets.")}
+    torch.save(raw, tmp_path / "old.pt")  # a state written before the offsets existed
+    load_user_state(tmp_path / "old.pt", other)
+    assert all(torch.count_nonzero(p) == 0 for p in other.personal.offset_parameters())
+    plain = CropScorer(ModelConfig(**{**TINY.__dict__, "personal_offsets": False}))
+    load_shared(plain, shared_state(model))
+    with pytest.raises(CheckpointError, match="personal_offsets: false"):
+        load_user_state(tmp_path / "u.pt", plain)
 
 
 def test_wrong_files_give_clear_errors(tmp_path):

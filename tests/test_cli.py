@@ -44,8 +44,10 @@ def test_personalize_then_evaluate_writes_a_user_state(trained, toy_dataset, cap
                  "--shots", "2", "--out", str(state), *TINY]) == 0
     payload = torch.load(state, weights_only=True)
     assert payload["user_id"] == "user1" and payload["extra"]["shots"] == 2
-    assert set(payload["personal"]) == {"personal.delta"}
+    offsets = [k for k in payload["personal"] if k.startswith("personal.offsets.")]
+    assert set(payload["personal"]) == {"personal.delta", *offsets} and offsets
     assert torch.count_nonzero(payload["personal"]["personal.delta"]) > 0
+    assert any(torch.count_nonzero(payload["personal"][k]) > 0 for k in offsets)  # the fast path fits them too
     capsys.readouterr()
     assert main(["evaluate", "--model", str(trained / "prior.pt"), "--user-state", str(state), "--data",
                  str(toy_dataset), "--user", "user1", *TINY]) == 0

@@ -1,10 +1,12 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from pic_core.config import ModelConfig
 from pic_core.geometry import grid_anchors
-from pic_core.model import CropScorer, box_geometry
+from pic_core.model import HEAD_MODULES, CropScorer, box_geometry
 from pic_core.params import (is_personal, load_personal, load_shared, personal_keys, personal_state, shared_keys,
                              shared_state)
 from pic_core.samples import boxes_with_batch
@@ -62,12 +64,32 @@ def test_delta_argument_per_image_overrides_stored_delta(model):
 
 
 def test_personal_keys_are_exactly_the_user_offset():
-    model = CropScorer(TINY)
-    assert personal_keys(model) == ["personal.delta"]
-    headed = CropScorer(ModelConfig(**{**TINY.__dict__, "personal_head": True}))
+    plain = CropScorer(ModelConfig(**{**TINY.__dict__, "personal_offsets": False}))
+    assert personal_keys(plain) == ["personal.delta"]
+    headed = CropScorer(ModelConfig(**{**TINY.__dict__, "personal_head": True, "personal_offsets": False}))
     assert set(personal_keys(headed)) == {"personal.delta", "personal.head.weight", "personal.head.bias"}
+    model = CropScorer(TINY)
+    head = [f"{m}.{n}" for m in HEAD_MODULES for n, _ in getattr(model, m).named_parameters()]
+    offsets = {"personal.offsets." + k.replace(".", "__") for k in head}
+    assert set(personal_keys(model)) == {"personal.delta"} | offsets
+    for key in head:  # the shared weight stays shared; its personal offset is a separate key
+        assert key in shared_keys(model)
     assert "prior_embedding" in shared_keys(model)
     assert not any(is_personal(k) for k in shared_state(model))
+
+
+def test_head_offsets_change_only_the_personal_scores(model):
+    images, boxes = _inputs(batch=1)
+    personal = copy.deepcopy(model).eval()
+    generic_before = personal(images, boxes, personal=False)
+    torch.testing.assert_close(personal(images, boxes), generic_before)  # offsets start at 0
+    with torch.no_grad():
+        for p in personal.personal.offset_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert not torch.allclose(personal(images, boxes), generic_before)
+    torch.testing.assert_close(personal(images, boxes, personal=False), generic_before)
+    personal.personal.reset()
+    torch.testing.assert_close(personal(images, boxes), generic_before)
 
 
 def test_shared_and_personal_loads_are_strict(model):
@@ -80,7 +102,7 @@ def test_shared_and_personal_loads_are_strict(model):
     with pytest.raises(KeyError, match="missing"):
         load_shared(other, dict(list(shared_state(model).items())[1:]))
     with pytest.raises(ValueError, match="shape"):
-        load_personal(other, {"personal.delta": torch.zeros(TINY.embed_dim + 1)})
+        load_personal(other, {**personal_state(model), "personal.delta": torch.zeros(TINY.embed_dim + 1)})
 
 
 def test_box_geometry_is_scale_free():

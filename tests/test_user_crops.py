@@ -98,7 +98,7 @@ def _top1_iou(cropper: Cropper, photos: Path) -> float:
 
 def test_crops_round_trip_through_personalize(tiny_model_file, photos, tmp_path):
     state = tmp_path / "me.pt"
-    # 20 epochs suit the random tiny model (80, the default for trained models, overfits its ranking)
+    # 20 epochs suit the random tiny model (the default 10 is measured on trained models)
     assert main(["personalize", "--model", str(tiny_model_file), "--crops", str(photos / "crops.csv"), "--out",
                  str(state), "--config", TINY, "--quiet", "--epochs", "20"]) == 0
     payload = torch.load(state, weights_only=True)
