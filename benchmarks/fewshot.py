@@ -36,7 +36,7 @@ from pic_core.data.sources import open_dataset  # noqa: E402
 from pic_core.metrics import mean_ci  # noqa: E402
 from pic_core.protocol import few_shot_sets  # noqa: E402
 from pic_core.samples import SampleCache  # noqa: E402
-from pic_core.train import evaluate, finetune  # noqa: E402
+from pic_core.train import evaluate, finetune, set_seed  # noqa: E402
 from pic_core.user_crops import FAST_EPOCHS, FAST_HEAD_LR, FAST_LR, UserCrop, personalize_from_crops  # noqa: E402
 
 FAST = {"finetune.mode": "fast", "finetune.lr": FAST_LR, "finetune.epochs": FAST_EPOCHS,
@@ -82,6 +82,7 @@ def main() -> int:
             continue
         rows["generic"][user.user_id] = evaluate(model, test, test_cache, personal=False)
         for name, config in (("fast", fast_config), ("full", full_config)):
+            set_seed(config.seed)  # full fine-tuning draws dropout masks: same draws whatever ran before
             scorer = copy.deepcopy(model)
             begin = time.perf_counter()
             finetune(scorer, shots, config, SampleCache(model.config.short_side))  # decodes the photos too

@@ -13,6 +13,7 @@ import torch
 from pic_core.config import Config
 from pic_core.data.dataset import Dataset
 from pic_core.data.synthetic import PopulationSpec, generate
+from pic_core.params import load_personal, personal_state
 from pic_core.protocol import PopulationResult, personalize_user, pretrain_sets
 from pic_core.samples import SampleCache
 from pic_core.train import cached_crop_features, predict
@@ -138,9 +139,10 @@ def test_bad_arguments_are_named(population, tiny_config, tmp_path):
         run_centralized(population, tiny_config, tmp_path, shots=(0,))
 
 
-def test_personalization_comes_only_from_d_u(tmp_path, tiny_config):
+def test_personalization_comes_only_from_the_personal_state(tmp_path, tiny_config):
     """Two users, the very same photos, different tastes: their rankings differ after
-    personalization, and swapping their d_u swaps the rankings (the model has no user input)."""
+    personalization, and swapping their personal states (d_u and crop-head offsets) swaps the
+    rankings (the model has no user input)."""
     root = make_population(tmp_path / "shared", users=2, shared=True, prior=3, train=3, test=2)
     dataset = Dataset(root)
     first, second = load_users(dataset)
@@ -167,10 +169,9 @@ def test_personalization_comes_only_from_d_u(tmp_path, tiny_config):
     ranks_a, ranks_b = order(model_a), order(model_b)
     assert any(not np.array_equal(a, b) for a, b in zip(ranks_a, ranks_b)), "personalization changed nothing"
 
-    delta_a = model_a.personal.delta.detach().clone()
-    with torch.no_grad():
-        model_a.personal.delta.copy_(model_b.personal.delta)
-        model_b.personal.delta.copy_(delta_a)
+    state_a = personal_state(model_a)  # d_u and the crop-head offsets: all a user's own
+    load_personal(model_a, personal_state(model_b))
+    load_personal(model_b, state_a)
     for got, want in zip(order(model_a), ranks_b):
         np.testing.assert_array_equal(got, want)
     for got, want in zip(order(model_b), ranks_a):
