@@ -1,0 +1,1 @@
+"""Population experiments on one machine: the federated simulation runner (and, later, baselines and reports)."""
