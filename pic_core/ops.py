@@ -1,8 +1,9 @@
 """RoI + RoD align: the crop's inside and the image with the crop removed, on one feature map.
 
-`roi_rod_align` is the one entry point. This module holds the pure-PyTorch implementation
-with exactly the reference semantics (see DESIGN.md); the compiled op plugs in behind the
-same function.
+`roi_rod_align` is the one entry point. It runs fedpic's compiled op
+(torch.ops.fedpic.roi_rod_align, built from csrc/ into pic_core._C / pic_core._C_cuda) when it
+is available for the input's device, else the pure-PyTorch implementation below, which has
+exactly the same semantics and is the test oracle for the compiled kernels.
 
 Reference semantics, for A = output_size and P = A + 1 sample points per axis:
   RoI: t_k = x1*s + k * max(x2*s - x1*s + 1, 0) / A, k = 0..A (same for y).
@@ -14,9 +15,20 @@ Reference semantics, for A = output_size and P = A + 1 sample points per axis:
 """
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import _op_registration
+
+IMPLS = ("auto", "compiled", "reference")
+COMPILED_DTYPES = (torch.float32, torch.float64)
+BUILD_HINT = ("build it with `make install` or `pip install --no-build-isolation -e .` "
+              "(see docs/kernels.md)")
+_warned_fallback: set[str] = set()
 
 
 def _bilinear_weights(coords: Tensor, size: int) -> Tensor:
@@ -76,8 +88,13 @@ def roi_rod_align_reference(features: Tensor, boxes: Tensor, spatial_scale: floa
     return F.avg_pool2d(sampled, kernel_size=2, stride=1)
 
 
-def check_align_inputs(features: Tensor, boxes: Tensor, output_size: int) -> None:
-    """Clear errors for the mistakes the kernels cannot recover from."""
+def check_align_inputs(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float = 1.0,
+                       values: bool = True) -> None:
+    """Clear errors for the mistakes the kernels cannot recover from.
+
+    values=False skips the checks that read box values (finite, batch index range), which
+    the compiled op makes itself.
+    """
     if features.dim() != 4:
         raise ValueError(f"roi_rod_align: features must be (N, C, H, W), got shape {tuple(features.shape)}")
     if not features.is_floating_point():
@@ -88,31 +105,69 @@ def check_align_inputs(features: Tensor, boxes: Tensor, output_size: int) -> Non
         raise ValueError(f"roi_rod_align: boxes on {boxes.device} but features on {features.device}")
     if output_size < 1:
         raise ValueError(f"roi_rod_align: output_size must be >= 1, got {output_size}")
+    if not 0 < spatial_scale < math.inf:  # also rejects NaN; traceable under torch.compile
+        raise ValueError(f"roi_rod_align: spatial_scale must be a positive finite number, got {spatial_scale}")
     if features.shape[2] < 2 or features.shape[3] < 2:
         raise ValueError(f"roi_rod_align: feature map must be at least 2x2, got {tuple(features.shape[2:])}")
-    if boxes.numel() == 0:
+    if not values or boxes.numel() == 0:
         return
-    if not torch.isfinite(boxes).all():
+    if boxes.is_floating_point() and not torch.isfinite(boxes).all():
         raise ValueError("roi_rod_align: boxes contain NaN or infinite values")
     batch = boxes[:, 0]
-    if (batch != batch.round()).any() or batch.min() < 0 or batch.max() >= features.shape[0]:
+    if (batch != batch.floor()).any() or batch.min() < 0 or batch.max() >= features.shape[0]:
         raise ValueError(
             f"roi_rod_align: batch indices must be integers in [0, {features.shape[0] - 1}], "
             f"got range [{batch.min().item()}, {batch.max().item()}]")
+
+
+def compiled_available(device: str | torch.device = "cpu") -> bool:
+    """Whether the compiled op is loaded for this device type (what impl="auto" will use)."""
+    return torch.device(device).type in _op_registration.DEVICES
+
+
+def _unavailable_reason(device_type: str) -> str:
+    """Why the compiled op cannot run on this device type, with the fix when there is one."""
+    error = _op_registration.LOAD_ERRORS.get(device_type) or _op_registration.LOAD_ERRORS.get("cpu")
+    if error is not None:
+        return f"it failed to load ({error}); {BUILD_HINT}"
+    if device_type == "cuda" or not _op_registration.DEVICES:
+        return f"it is not built in this installation; {BUILD_HINT}"
+    return f"fedpic has kernels for {sorted(_op_registration.DEVICES)} only"
+
+
+def _warn_fallback(device_type: str) -> None:
+    if device_type in _warned_fallback:
+        return
+    _warned_fallback.add(device_type)
+    warnings.warn(
+        f"pic_core.ops.roi_rod_align: fedpic's compiled op is not available for {device_type}, so the "
+        f"much slower pure-PyTorch reference runs instead: {_unavailable_reason(device_type)}",
+        RuntimeWarning, stacklevel=3)
 
 
 def roi_rod_align(features: Tensor, boxes: Tensor, spatial_scale: float = 1.0 / 16, output_size: int = 9,
                   impl: str = "auto") -> Tensor:
     """RoI + RoD align of K boxes on a feature map -> (K, 2C, A, A).
 
-    impl: "auto" (the compiled op when available), "compiled" or "reference".
+    features (N, C, H, W) float; boxes (K, 5) = [batch_index, x1, y1, x2, y2] in input pixels.
+    impl: "auto" (the compiled op when it is loaded for this device, else the reference with a
+    one-time warning), "compiled" (error when unavailable) or "reference". Differentiable in
+    `features`. The compiled op computes float16/bfloat16 maps in float32.
     """
-    check_align_inputs(features, boxes, output_size)
-    if boxes.shape[0] == 0:
-        n, c = features.shape[:2]
-        return features.new_zeros(0, 2 * c, output_size, output_size)
-    if impl not in ("auto", "reference", "compiled"):
-        raise ValueError(f"roi_rod_align: impl must be 'auto', 'compiled' or 'reference', got {impl!r}")
-    if impl == "compiled":
-        raise RuntimeError("roi_rod_align: the compiled op is not built in this installation")
-    return roi_rod_align_reference(features, boxes.to(features.dtype), spatial_scale, output_size)
+    if impl not in IMPLS:
+        raise ValueError(f"roi_rod_align: impl must be one of {IMPLS}, got {impl!r}")
+    device_type = features.device.type
+    if impl == "compiled" and not compiled_available(device_type):
+        raise RuntimeError(f"roi_rod_align(impl='compiled'): fedpic's compiled op is unavailable for "
+                           f"{device_type}: {_unavailable_reason(device_type)}")
+    compiled = impl == "compiled" or (impl == "auto" and compiled_available(device_type))
+    # The compiled op checks box values itself, in one pass and without extra tensor ops.
+    check_align_inputs(features, boxes, output_size, spatial_scale, values=not compiled)
+    if not compiled:
+        if impl == "auto":
+            _warn_fallback(device_type)
+        return roi_rod_align_reference(features, boxes.to(features.dtype), spatial_scale, output_size)
+    if features.dtype in COMPILED_DTYPES:
+        return torch.ops.fedpic.roi_rod_align(features, boxes, spatial_scale, output_size)
+    aligned = torch.ops.fedpic.roi_rod_align(features.float(), boxes, spatial_scale, output_size)
+    return aligned.to(features.dtype)
