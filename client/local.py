@@ -21,6 +21,7 @@ import torch
 from pic_core.config import Config
 from pic_core.data import DataError, UserData
 from pic_core.model import CropScorer
+from pic_core.ops import compiled_available
 from pic_core.params import BACKBONE_TAP_PREFIXES, shared_state, to_numpy
 from pic_core.protocol import evaluate_users
 from pic_core.samples import SampleCache
@@ -97,6 +98,7 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
         "loss-shared": _last(shared.epoch_losses),
         "train-seconds": time.perf_counter() - start,
         "backbone-passes": float(getattr(cache, "computed", len(samples))),
+        "compiled-op": float(compiled_available(settings.device)),  # 1: the device runs fedpic's C++/CUDA op
     }
     return TrainResult(to_numpy(shared_state(model)), metrics)
 

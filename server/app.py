@@ -14,18 +14,21 @@ Device-side keys (data-dir, state-dir, device, threads) are read by the ClientAp
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+import pic_core
 from pic_core.cli import parse_overrides
 from pic_core.config import Config, ConfigError, from_dict, load_config
 
 from .loop import ServerSettings, run_federation
 
 APP_DIR = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 
 
 def _path(value: Any) -> Optional[Path]:
@@ -64,6 +67,7 @@ def make_server_app(bound: Optional[Mapping[str, Any]] = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        log.info("fedpic ServerApp from %s; pic_core from %s", Path(__file__).parent, Path(pic_core.__file__).parent)
         run_federation(grid, server_settings({**context.run_config, **bound}))
 
     return server_app

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from pic_core import __version__
-from pic_core.checkpoint import CheckpointError, atomic_save
+from pic_core.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, read_payload
 
 CHECKPOINT_FORMAT = "fedpic-server-checkpoint"
-CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -43,7 +42,7 @@ def _arrays(tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def save_server_state(path: Path, state: ServerState) -> Path:
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
+        "format_version": FORMAT_VERSION,
         "fedpic_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "round": int(state.round),
@@ -59,15 +58,7 @@ def load_server_state(path: Path) -> ServerState:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no server checkpoint to resume from")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a fedpic server checkpoint")
-    if payload.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {payload.get('format_version')}, this fedpic reads "
-                              f"{CHECKPOINT_VERSION}")
+    payload = read_payload(path, CHECKPOINT_FORMAT)
     return ServerState(round=int(payload["round"]), arrays=_arrays(payload["arrays"]), strategy=payload["strategy"],
                        strategy_state={k: _arrays(v) for k, v in payload["strategy_state"].items()},
                        config=payload.get("config", {}))

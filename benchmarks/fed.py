@@ -1,0 +1,283 @@
+"""Benchmark: federated fedpic against centralized PIC, its upload size, and a 1000-device run.
+
+Quality (the demo population: synthetic default, 40 users, demo config): one pre-stage
+model (generic.csv without any test image) is the start of both
+  centralized PIC  pic_core.train.train_prior over all users' prior images (sequential data
+                   pooling on one machine), then the evaluation protocol;
+  federated        `fedpic simulate` (Flower simulation, FedRep-style rounds), then the protocol.
+Both are scored by pic_core.protocol.evaluate_users (few-shot personalization on the train
+split, acc1_5 on unseen test images); "generic" is the larger of the pre model's and the
+federated model's d_u = 0 score. Targets: federated within 2 points of centralized PIC,
+and at least 13 points over generic.
+
+Communication: mean bytes a device uploads per round (from rounds.jsonl) over the full fp32
+model's bytes; target <= 25%.
+
+Scale: 1000 simulated devices (a synthetic population with few images each), 10 sampled
+per round, 3 rounds; wall time per round and the peak memory of the whole process tree
+(this process, Ray's daemons and workers: summed RSS, and PSS where the kernel reports it);
+target <= 6 GB.
+
+    python benchmarks/fed.py [--config configs/demo.yaml] [--work runs/bench/fed]
+                             [--out runs/bench/fed.json] [--skip-quality] [--skip-scale]
+
+Intermediate results (dataset, pre model, centralized model and its scores) are reused from
+--work when present; the federated runs are always fresh.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pic_core.checkpoint import load_model, save_model  # noqa: E402
+from pic_core.cli import parse_overrides  # noqa: E402
+from pic_core.config import Config, load_config, to_dict  # noqa: E402
+from pic_core.data.dataset import Dataset  # noqa: E402
+from pic_core.data.synthetic import PopulationSpec, generate  # noqa: E402
+from pic_core.protocol import evaluate_users  # noqa: E402
+from pic_core.samples import SampleCache  # noqa: E402
+from pic_core.train import configure_runtime, train_prior  # noqa: E402
+from server.round_log import read_rounds  # noqa: E402
+from simulations.federated import SimulationPlan, split_population  # noqa: E402
+from simulations.simulate import run as simulate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"max_gap_to_central_points": 2.0, "min_gain_over_generic_points": 13.0, "max_upload_fraction": 0.25,
+           "max_peak_memory_gb": 6.0}
+GB = 1024 ** 3
+
+
+class MemorySampler:
+    """Peak memory of this process and all its descendants, sampled from /proc (Linux)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_pss = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _children() -> dict[int, list[int]]:
+        tree: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                tree.setdefault(ppid, []).append(int(entry))
+        return tree
+
+    @staticmethod
+    def _field(path: str, name: str) -> int:
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    if line.startswith(name):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def sample(self) -> None:
+        tree = self._children()
+        pids, stack = [], [os.getpid()]
+        while stack:
+            pid = stack.pop()
+            pids.append(pid)
+            stack.extend(tree.get(pid, []))
+        rss = sum(self._field(f"/proc/{p}/status", "VmRSS:") for p in pids)
+        pss = sum(self._field(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_pss = max(self.peak_pss, pss)
+        self.peak_processes = max(self.peak_processes, len(pids))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def dataset(folder: Path, spec: PopulationSpec) -> Path:
+    if not (folder / "population.json").is_file():
+        generate(spec, folder, workers=os.cpu_count() or 1, progress=True, force=True)
+    return folder
+
+
+def summary(result: dict, key: str = "acc1_5") -> dict:
+    return result["summary"][key]
+
+
+def pre_model(config: Config, data: Path, work: Path) -> Path:
+    """The pre stage, once: simulate's own pretraining path (generic.csv minus test images)."""
+    from simulations.federated import pretrain_model
+
+    path = work / "pre.pt"
+    if path.is_file():
+        model, _ = load_model(path)
+        if to_dict(model.config) == to_dict(config.model) | {"backbone_weights": None}:
+            return path
+    users, _ = split_population(Dataset(data), None)
+    plan = SimulationPlan(config=config, data_dir=data, out_dir=work, users=users, holdout=[])
+    start = time.perf_counter()
+    pretrain_model(plan)
+    (work / "pre.seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+    return path
+
+
+def central_pic(config: Config, data: Path, pre: Path, work: Path) -> dict:
+    """Centralized PIC: prior stage on the pooled prior images of every user, then the protocol."""
+    path = work / "central.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    device = configure_runtime(config)
+    model, _ = load_model(pre, device)
+    users = list(Dataset(data).users())
+    cache = SampleCache(model.config.short_side)
+    start = time.perf_counter()
+    log, _ = train_prior(model, {u.user_id: u.split("prior") for u in users}, config, cache, device)
+    seconds = time.perf_counter() - start
+    save_model(work / "central.pt", model, to_dict(config), "prior", {"train": log.as_dict()})
+    shots = config.finetune.shots
+    generic = evaluate_users(model, users, config, shots, method="central-generic", cache=cache, personalize=False,
+                             device=device)
+    personalized = evaluate_users(model, users, config, shots, method="central-pic", cache=cache, device=device)
+    pre_model_, _ = load_model(pre, device)
+    pre_generic = evaluate_users(pre_model_, users, config, shots, method="pre-generic", cache=cache,
+                                 personalize=False, device=device)
+    result = {"train_seconds": seconds, "central_generic": generic.as_dict(), "central_pic": personalized.as_dict(),
+              "pre_generic": pre_generic.as_dict()}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def federated(config: Config, data: Path, pre: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    users, holdout = split_population(Dataset(data), config.federation.population)
+    plan = SimulationPlan(config=config, data_dir=data, out_dir=out, users=users, holdout=holdout, init_model=pre)
+    with MemorySampler() as memory:
+        results = json.loads(simulate(plan, evaluate=True).read_text())
+    results["peak_rss_bytes"] = memory.peak_rss
+    return results
+
+
+def quality(config: Config, work: Path) -> dict:
+    data = dataset(work / "data", PopulationSpec(seed=0))
+    pre = pre_model(config, data, work)
+    central = central_pic(config, data, pre, work)
+    fed = federated(config, data, pre, work / "federated")
+    fed_pic = summary(fed["evaluation"]["personalized"])
+    central_value = summary(central["central_pic"])
+    generic = {"pre": summary(central["pre_generic"])["mean"],
+               "federated_d_u_0": summary(fed["evaluation"]["generic"])["mean"]}
+    gap = 100 * (central_value["mean"] - fed_pic["mean"])
+    gain = 100 * (fed_pic["mean"] - max(generic.values()))
+    communication = fed["communication"]
+    rounds = read_rounds(work / "federated" / "rounds.jsonl")
+    return {
+        "population": fed["population"], "shots": fed["evaluation"]["shots"], "metric": "acc1_5",
+        "federated": fed_pic, "central_pic": central_value,
+        "central_generic": summary(central["central_generic"]), "generic": generic,
+        "gap_to_central_points": gap, "gain_over_generic_points": gain,
+        "learning_curve": [{"round": r["round"], "personalized-acc1_5": (r.get("evaluate") or {}).get(
+            "personalized-acc1_5"), "generic-acc1_5": (r.get("evaluate") or {}).get("generic-acc1_5")}
+            for r in rounds if r.get("evaluate")],
+        "communication": communication,
+        "timing": {"pre_seconds": float((work / "pre.seconds").read_text()) if (work / "pre.seconds").is_file()
+                   else None, "central_train_seconds": central["train_seconds"], **fed["timing"]},
+        "federated_peak_rss_gb": fed["peak_rss_bytes"] / GB,
+        "pass": {"within_2_points_of_central": gap <= TARGETS["max_gap_to_central_points"],
+                 "13_points_over_generic": gain >= TARGETS["min_gain_over_generic_points"],
+                 "upload_at_most_25_percent": (communication["upload_fraction_of_fp32_model"] or 1.0)
+                 <= TARGETS["max_upload_fraction"]},
+    }
+
+
+def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int, pre: Optional[Path]) -> dict:
+    """Many devices, few sampled: does a round stay cheap and memory bounded?"""
+    data = dataset(work / f"data{devices}", PopulationSpec(users=devices, prior=3, train=0, test=0, seed=1,
+                                                           probe=0))
+    config = copy.deepcopy(config)
+    fed = config.federation
+    fed.rounds, fed.devices_per_round, fed.eval_every, fed.population = rounds, per_round, 0, None
+    out = work / f"scale{devices}"
+    shutil.rmtree(out, ignore_errors=True)
+    users, _ = split_population(Dataset(data), None)
+    if pre is None:
+        config.pre.epochs = 0  # fresh weights: this measures the machinery, not quality
+    plan = SimulationPlan(config=config, data_dir=data, out_dir=out, users=users, holdout=[], init_model=pre)
+    start = time.perf_counter()
+    with MemorySampler() as memory:
+        simulate(plan, evaluate=False)
+    records = [r for r in read_rounds(out / "rounds.jsonl") if r["round"] > 0]
+    return {
+        "devices": devices, "devices_per_round": per_round, "rounds": len(records),
+        "round_seconds": [round(r["train_seconds"], 2) for r in records],
+        "accepted_per_round": [r["accepted"] for r in records],
+        "wall_seconds": time.perf_counter() - start,
+        "peak_rss_gb": memory.peak_rss / GB, "peak_pss_gb": memory.peak_pss / GB,
+        "peak_processes": memory.peak_processes,
+        "pass": {"completed": len(records) == rounds and all(r["accepted"] == per_round for r in records),
+                 "peak_memory_at_most_6_gb": memory.peak_pss / GB <= TARGETS["max_peak_memory_gb"]
+                 if memory.peak_pss else memory.peak_rss / GB <= TARGETS["max_peak_memory_gb"]},
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "fed")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "fed.json")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--scale-devices", type=int, default=1000)
+    parser.add_argument("--scale-per-round", type=int, default=10)
+    parser.add_argument("--scale-rounds", type=int, default=3)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set threads=1 (repeatable)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, overrides={"progress": False, **parse_overrides(args.overrides)})
+    args.work.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "fed", "config": str(args.config), "overrides": args.overrides, "targets": TARGETS,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                          "cuda": torch.cuda.is_available()}}
+    if not args.skip_quality:
+        report["quality"] = quality(config, args.work)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.skip_scale:
+        pre = args.work / "pre.pt" if (args.work / "pre.pt").is_file() else None
+        report["scale"] = scale(config, args.work, args.scale_devices, args.scale_per_round, args.scale_rounds, pre)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k]["pass"] for k in ("quality", "scale") if k in report}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
