@@ -55,3 +55,12 @@ def test_overrides_and_defaults():
     config = load_config(None, overrides={"prior.epochs": 7, "seed": 3})
     assert config.prior.epochs == 7 and config.seed == 3 and config.model.width == 1.0
     assert load_config(None, overrides={"prior.lr": 1}).prior.lr == 1.0  # ints accepted for floats
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("prior:\n  lr: 1e-3\n")
+    assert load_config(path).prior.lr == 1e-3
+    path.write_text("prior:\n  lr: 1e-3x\n")
+    with pytest.raises(ConfigError, match="prior.lr"):
+        load_config(path)
