@@ -12,6 +12,7 @@ from pic_core import __version__
 COMMAND_MODULES = (
     "pic_core.cli",
     "pic_core.data.synthetic",
+    "simulations.cli",
     "simulations.simulate",
 )
 """Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -47,6 +47,52 @@ class PopulationResult:
     def as_dict(self) -> dict:
         return {"method": self.method, "shots": self.shots, "summary": self.summary(), "per_user": self.per_user}
 
+    def to_json(self) -> dict:
+        """as_dict with NaN/inf written as null, so the file is strict JSON."""
+        return json_safe(self.as_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping, where: str = "result") -> "PopulationResult":
+        """Read back as_dict / to_json output; the summary is recomputed from per_user (null -> NaN)."""
+        if not isinstance(data, Mapping) or not all(k in data for k in RESULT_KEYS):
+            raise ValueError(f"{where}: expected an object with keys {', '.join(RESULT_KEYS)}")
+        per_user = data["per_user"]
+        if not isinstance(per_user, Mapping):
+            raise ValueError(f"{where}.per_user: expected a mapping user -> metrics")
+        try:
+            shots = int(data["shots"])
+            users = {str(u): {str(k): math.nan if v is None else float(v) for k, v in m.items()}
+                     for u, m in per_user.items()}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{where}: malformed shots or per-user metrics ({exc})") from None
+        return cls(str(data["method"]), shots, users)
+
+
+RESULT_KEYS = ("method", "shots", "per_user")
+"""The keys that make a JSON object a PopulationResult (what report readers look for)."""
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python numbers, recursively (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def pretrain_sets(generic: Sequence[CropSet], users: Sequence[UserData]) -> list[CropSet]:
+    """Crop sets for the pre stage: `generic` minus every image in some user's test split.
+
+    The test images are the ones the protocol scores, so no stage may train on them.
+    """
+    test_images = {c.name for user in users for c in user.split("test")}
+    return [c for c in generic if c.name not in test_images]
+
 
 def few_shot_sets(user: UserData, shots: int) -> list[CropSet]:
     """The first `shots` images of the user's train split (all of them when shots <= 0)."""
@@ -67,8 +113,10 @@ def personalize_user(model: CropScorer, user: UserData, shots: int, config: Conf
 def evaluate_users(model: CropScorer, users: Sequence[UserData], config: Config, shots: int, *,
                    method: str = "personalized", cache: Optional[SampleCache] = None, personalize: bool = True,
                    device: Optional[torch.device] = None, progress: Optional[bool] = None,
-                   model_for_user: Optional[Callable[[UserData], CropScorer]] = None) -> PopulationResult:
-    """The protocol over a population. `model_for_user` replaces fine-tuning (e.g. local-only)."""
+                   model_for_user: Optional[Callable[[UserData], CropScorer]] = None,
+                   on_user: Optional[Callable[[UserData, CropScorer], None]] = None) -> PopulationResult:
+    """The protocol over a population. `model_for_user` replaces fine-tuning (e.g. local-only);
+    `on_user(user, scorer)` sees each user's scorer after scoring (to keep states or crops)."""
     cache = cache or SampleCache(model.config.short_side)
     result = PopulationResult(method, shots)
     show = config.progress if progress is None else progress
@@ -84,6 +132,8 @@ def evaluate_users(model: CropScorer, users: Sequence[UserData], config: Config,
             scorer = model
         result.per_user[user.user_id] = evaluate(scorer, test, cache, personal=personalize or
                                                  model_for_user is not None, device=device)
+        if on_user is not None:
+            on_user(user, scorer)
     return result
 
 

@@ -1,1 +1,2 @@
-"""Population experiments on one machine: the federated simulation runner (and, later, baselines and reports)."""
+"""Population experiments on one machine: baselines, the centralized comparison, the federated
+simulation runner and reports."""

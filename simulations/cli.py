@@ -1,0 +1,58 @@
+"""Commands of the experiment layer: `fedpic baselines` (the centralized comparison) and
+`fedpic report` (markdown + plots + crop galleries of a run folder)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pic_core.cli import add_common_options, config_from_args
+
+log = logging.getLogger("fedpic")
+
+
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    from .baselines import LocalOnlySettings
+    from .experiment import run_centralized
+
+    config = config_from_args(args)
+    payload = run_centralized(args.data, config, args.out, shots=args.shots,
+                              local=LocalOnlySettings(args.local_epochs, args.local_lr),
+                              methods=args.methods, gallery_users=args.gallery_users)
+    for result in payload["results"]:
+        stats = result["summary"].get("acc1_5", {})
+        print(f"N={result['shots']:<3} {result['method']:>12}: acc1_5 {stats.get('mean', float('nan')):.3f} "
+              f"+- {stats.get('ci95') if stats.get('ci95') is not None else float('nan'):.3f} "
+              f"over {stats.get('users', 0)} users")
+    print(f"wrote {Path(args.out) / 'results.json'}; `fedpic report {args.out}` writes the report")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .baselines import METHODS, LocalOnlySettings
+
+    p = subparsers.add_parser("baselines", help="train and evaluate every centralized baseline on a dataset folder")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (images/, generic.csv, users/)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: models, results.json, gallery.json")
+    p.add_argument("--shots", type=int, nargs="+", default=[5, 10], help="few-shot images per user (default 5 10)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                   help="which methods (default: all)")
+    p.add_argument("--local-epochs", type=int, default=LocalOnlySettings.epochs,
+                   help=f"local-only: epochs from scratch on the N shots (default {LocalOnlySettings.epochs})")
+    p.add_argument("--local-lr", type=float, default=LocalOnlySettings.lr,
+                   help=f"local-only: Adam learning rate (default {LocalOnlySettings.lr})")
+    p.add_argument("--gallery-users", type=int, default=4, help="users per family in the crop galleries")
+    add_common_options(p)
+    p.set_defaults(func=_cmd_baselines)
+
+    p = subparsers.add_parser("report", help="markdown report with plots and crop galleries of a run folder")
+    p.add_argument("run_dir", type=Path, help="folder with results.json (and/or */results.json, rounds.jsonl)")
+    p.set_defaults(func=_cmd_report)

@@ -1,0 +1,189 @@
+"""The centralized experiment: every baseline on one dataset, written into a run folder.
+
+    RUN_DIR/pre.pt            the pre-stage model (method `generic`)
+    RUN_DIR/prior.pt          the prior-stage model (methods `prior`, `centralized`)
+    RUN_DIR/user_states/n<N>/<user>.pt   each user's fitted d_u for N shots (finetune mode fast)
+    RUN_DIR/results.json      format "fedpic-results" (docs/report.md): every method x shots
+    RUN_DIR/gallery.json      crop picks for the report's galleries
+
+`fedpic report RUN_DIR` turns the folder into report.md with plots and galleries.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from tqdm.auto import tqdm
+
+from pic_core import __version__
+from pic_core.checkpoint import save_model, save_user_state
+from pic_core.config import Config, to_dict
+from pic_core.data.common import atomic_write_text
+from pic_core.data.dataset import Dataset
+from pic_core.data.records import UserData
+from pic_core.model import CropScorer
+from pic_core.protocol import PopulationResult, json_safe
+from pic_core.samples import SampleCache
+from pic_core.train import TrainLog, configure_runtime
+
+from .baselines import (METHODS, LocalOnlySettings, evaluate_centralized, evaluate_generic, evaluate_local_only,
+                        evaluate_oracle, evaluate_prior, load_users, objective_only, relabel, train_generic,
+                        train_prior_model)
+from .gallery import GALLERY_FILE, GalleryRecorder, plan_gallery, user_families
+
+log = logging.getLogger("fedpic.experiment")
+
+RESULTS_FILE = "results.json"
+RESULTS_FORMAT = "fedpic-results"
+RESULTS_VERSION = 1
+PRE_MODEL = "pre.pt"
+PRIOR_MODEL = "prior.pt"
+USER_STATES = "user_states"
+
+
+def results_payload(results: Sequence[PopulationResult], *, kind: str, data_dir: Union[str, Path],
+                    config: Optional[Config] = None, extra: Optional[dict] = None) -> dict:
+    """The results JSON object (format "fedpic-results", docs/report.md)."""
+    payload = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "fedpic_version": __version__,
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "kind": kind, "data": str(data_dir),
+               "config": to_dict(config) if config is not None else None,
+               "methods": {m: METHODS.get(m, m) for m in dict.fromkeys(r.method for r in results)},
+               "results": [r.as_dict() for r in results]}
+    payload.update(extra or {})
+    return json_safe(payload)
+
+
+def write_results(path: Union[str, Path], payload: dict) -> Path:
+    """Strict JSON, written atomically."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def read_results(path: Union[str, Path]) -> tuple[dict, list[PopulationResult]]:
+    """(payload, results) of a "fedpic-results" file; ValueError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path}: expected format {RESULTS_FORMAT!r}, found "
+                         f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}")
+    if payload.get("format_version") != RESULTS_VERSION:
+        raise ValueError(f"{path}: format_version {payload.get('format_version')}, this fedpic reads {RESULTS_VERSION}")
+    results = [PopulationResult.from_dict(r, f"{path}: results[{i}]") for i, r in enumerate(payload["results"])]
+    return payload, results
+
+
+def population_info(data_dir: Path) -> Optional[dict]:
+    """The dataset's population.json (synthetic populations), or None."""
+    path = Path(data_dir) / "population.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); the report will not show population statistics", path, exc)
+        return None
+
+
+def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[str, Path],
+                    shots: Sequence[int] = (5, 10), local: Optional[LocalOnlySettings] = None,
+                    methods: Sequence[str] = tuple(METHODS), gallery_users: int = 4) -> dict:
+    """Train pre and prior once, evaluate every method for every N in `shots`; returns the payload.
+
+    `methods` picks a subset of generic/prior/local/centralized/oracle (local-only is the
+    slowest: one model from scratch per user and N).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    shots = [int(n) for n in shots]
+    if not shots or any(n < 1 for n in shots):
+        raise ValueError(f"shots must be positive integers, got {shots}")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = configure_runtime(config)
+    dataset = Dataset(data_dir)
+    users = load_users(dataset)
+    cache = SampleCache(config.model.short_side)
+    timing: dict[str, float] = {}
+    logs: dict[str, dict] = {}
+
+    def stage(name: str, train: Callable[[], tuple[CropScorer, TrainLog]], file: str) -> CropScorer:
+        start = time.perf_counter()
+        model, train_log = train()
+        timing[f"{name}_seconds"] = time.perf_counter() - start
+        logs[name] = train_log.as_dict()
+        save_model(out_dir / file, model, to_dict(config), name, {"train": logs[name]})
+        log.info("%s: loss %s in %.1fs", name, _last(train_log.epoch_losses), timing[f"{name}_seconds"])
+        return model
+
+    pre_model = stage("pre", lambda: train_generic(dataset, users, config, cache, device), PRE_MODEL)
+    prior_model: Optional[CropScorer] = None
+    if {"prior", "centralized"} & set(methods):
+        prior_model = stage("prior", lambda: train_prior_model(pre_model, users, config, cache, device), PRIOR_MODEL)
+
+    families = user_families(data_dir)
+    recorder = GalleryRecorder(plan_gallery(users, data_dir, gallery_users), data_dir, device)
+    recorder.add_generic(objective_only(pre_model))
+    results: list[PopulationResult] = []
+    once: dict[str, PopulationResult] = {}  # methods whose figures do not depend on N
+    for n in tqdm(shots, desc="shots", disable=not config.progress):
+        for method in methods:
+            start = time.perf_counter()
+            if method == "generic":
+                once.setdefault(method, evaluate_generic(pre_model, users, config, n, cache, device))
+                result = relabel(once[method], n)
+            elif method == "prior":
+                once.setdefault(method, evaluate_prior(prior_model, users, config, n, cache, device))
+                result = relabel(once[method], n)
+            elif method == "centralized":
+                hooks = [_state_saver(out_dir / USER_STATES / f"n{n}", config)]
+                if n == shots[0]:
+                    hooks.append(recorder)
+                result = evaluate_centralized(prior_model, users, config, n, cache, device, on_user=_chain(hooks))
+            elif method == "local":
+                result = evaluate_local_only(users, config, n, cache, local, device)
+            else:
+                result = evaluate_oracle(users, n)
+            timing[f"{method}_n{n}_seconds"] = time.perf_counter() - start
+            results.append(result)
+            stats = result.summary(("acc1_5",)).get("acc1_5", {})
+            log.info("N=%d %-12s acc1_5 %.3f +- %.3f (%d users, %.1fs)", n, method, stats.get("mean", float("nan")),
+                     stats.get("ci95", float("nan")), stats.get("users", 0), timing[f"{method}_n{n}_seconds"])
+
+    extra = {"shots": shots, "users": len(users), "population": population_info(data_dir),
+             "local_only": vars(local or LocalOnlySettings()), "timing": timing, "train": logs,
+             "files": {"pre_model": PRE_MODEL, "prior_model": PRIOR_MODEL if prior_model is not None else None,
+                       "user_states": USER_STATES if config.finetune.mode == "fast" else None,
+                       "gallery": GALLERY_FILE}}
+    payload = results_payload(results, kind="centralized", data_dir=data_dir, config=config, extra=extra)
+    write_results(out_dir / RESULTS_FILE, payload)
+    gallery = recorder.as_dict("centralized" if "centralized" in methods else "generic", shots[0], families)
+    atomic_write_text(out_dir / GALLERY_FILE, json.dumps(json_safe(gallery), indent=1) + "\n")
+    log.info("wrote %s", out_dir / RESULTS_FILE)
+    return payload
+
+
+def _state_saver(folder: Path, config: Config):
+    """An on_user hook writing each user's fitted d_u (fast mode: the model differs only in d_u)."""
+    def save(user: UserData, scorer: CropScorer) -> None:
+        if config.finetune.mode == "fast":
+            save_user_state(folder / f"{user.user_id}.pt", scorer, user.user_id, {"stage": "finetune"})
+    return save
+
+
+def _chain(hooks: Sequence[Callable[[UserData, CropScorer], None]]) -> Callable[[UserData, CropScorer], None]:
+    def run(user: UserData, scorer: CropScorer) -> None:
+        for hook in hooks:
+            hook(user, scorer)
+    return run
+
+
+def _last(values: list[float]) -> str:
+    return f"{values[-1]:.4f}" if values else "-"

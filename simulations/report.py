@@ -1,0 +1,438 @@
+"""`fedpic report RUN_DIR`: a markdown report of whatever results a run folder holds.
+
+Inputs (docs/report.md): results files RUN_DIR/results.json and RUN_DIR/*/results.json, in
+which every JSON object with the keys method, shots and per_user is one method's evaluation
+(so centralized "fedpic-results" files and federated result files are read alike);
+round logs RUN_DIR/rounds.jsonl and RUN_DIR/*/rounds.jsonl (one JSON object per round with
+"round"); crop picks RUN_DIR/gallery.json and RUN_DIR/*/gallery.json. Whatever is missing
+is left out of the report, never invented.
+
+Output: RUN_DIR/report.md and RUN_DIR/figures/*.png.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pic_core.data.images import load_image  # noqa: E402
+from pic_core.metrics import mean_ci  # noqa: E402
+from pic_core.protocol import RESULT_KEYS, PopulationResult, gains  # noqa: E402
+from pic_core.visualize import save_rgb  # noqa: E402
+
+from .baselines import METHODS  # noqa: E402
+from .gallery import GALLERY_FILE, draw_sheet, user_families  # noqa: E402
+
+log = logging.getLogger("fedpic.report")
+
+REPORT_FILE = "report.md"
+FIGURES = "figures"
+ROUNDS_FILE = "rounds.jsonl"
+RESULTS_GLOBS = ("results.json", "*/results.json")
+TABLE_KEYS = ("acc1_5", "acc_5", "wacc_5", "acc1_10", "acc_10", "srcc")
+GAIN_KEY = "acc1_5"
+METHOD_ORDER = ("generic", "prior", "local", "federated-generic", "centralized", "federated", "oracle")
+EXTRA_LABELS = {"federated": "federated PIC (prior trained with Flower, then finetune)",
+                "federated-generic": "federated prior (d_u = 0)"}
+
+
+@dataclass
+class RunContents:
+    """Everything found in a run folder."""
+
+    run_dir: Path
+    results: dict[tuple[str, int], PopulationResult] = field(default_factory=dict)
+    sources: dict[tuple[str, int], str] = field(default_factory=dict)
+    payloads: dict[str, dict] = field(default_factory=dict)  # relative path -> results file content
+    rounds: dict[str, list[dict]] = field(default_factory=dict)  # relative path -> round records
+    galleries: dict[str, dict] = field(default_factory=dict)  # relative path -> gallery.json content
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        names = list(dict.fromkeys(m for m, _ in self.results))
+        return sorted(names, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+
+    @property
+    def shots(self) -> list[int]:
+        return sorted({n for _, n in self.results})
+
+    def get(self, method: str, shots: int) -> Optional[PopulationResult]:
+        return self.results.get((method, shots))
+
+
+def method_label(method: str) -> str:
+    return METHODS.get(method) or EXTRA_LABELS.get(method) or method
+
+
+def _population_results(node: Any, where: str) -> Iterator[tuple[str, PopulationResult]]:
+    """Every object with method/shots/per_user anywhere in a JSON tree, with its JSON path."""
+    if isinstance(node, dict):
+        if all(k in node for k in RESULT_KEYS):
+            yield where, PopulationResult.from_dict(node, where)
+            return
+        for key, value in node.items():
+            yield from _population_results(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _population_results(value, f"{where}[{index}]")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+
+
+def read_rounds(path: Path) -> list[dict]:
+    """One JSON object per non-empty line; ValueError naming file:line otherwise."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{number}: not a JSON line ({exc})") from None
+        if not isinstance(record, dict) or "round" not in record:
+            raise ValueError(f"{path}:{number}: a round record must be an object with a 'round' key")
+        records.append(record)
+    return records
+
+
+def load_run(run_dir: Path) -> RunContents:
+    """Read every results file, round log and gallery in RUN_DIR and one level below."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    run = RunContents(run_dir)
+    for pattern in RESULTS_GLOBS:
+        for path in sorted(run_dir.glob(pattern)):
+            rel = str(path.relative_to(run_dir))
+            payload = _read_json(path)
+            run.payloads[rel] = payload if isinstance(payload, dict) else {}
+            for where, result in _population_results(payload, rel):
+                key = (result.method, result.shots)
+                if key in run.results:
+                    renamed = f"{result.method} [{path.parent.name}]"
+                    run.notes.append(f"`{where}` repeats method {result.method} N={result.shots} of "
+                                     f"`{run.sources[key]}`; shown as `{renamed}`")
+                    result = PopulationResult(renamed, result.shots, result.per_user)
+                    key = (renamed, result.shots)
+                run.results[key] = result
+                run.sources[key] = where
+    for pattern in (ROUNDS_FILE, f"*/{ROUNDS_FILE}"):
+        for path in sorted(run_dir.glob(pattern)):
+            run.rounds[str(path.relative_to(run_dir))] = read_rounds(path)
+    for pattern in (GALLERY_FILE, f"*/{GALLERY_FILE}"):
+        for path in sorted(run_dir.glob(pattern)):
+            run.galleries[str(path.relative_to(run_dir))] = _read_json(path)
+    return run
+
+
+# ---------------------------------------------------------------- tables
+
+def _fmt(stats: Optional[dict]) -> str:
+    if not stats:
+        return "-"
+    half = stats.get("ci95")
+    return f"{stats['mean']:.3f} ± {half:.3f}" if half is not None and math.isfinite(half) else f"{stats['mean']:.3f}"
+
+
+def results_table(run: RunContents, keys: Sequence[str] = TABLE_KEYS) -> list[str]:
+    """Markdown rows: one per method x shots, mean ± 95% CI half-width per metric."""
+    lines = ["| method | N | " + " | ".join(keys) + " | users |", "|" + " --- |" * (len(keys) + 3)]
+    for n in run.shots:
+        for method in run.methods:
+            result = run.get(method, n)
+            if result is None:
+                continue
+            summary = result.summary(keys)
+            users = max((s["users"] for s in summary.values()), default=0)
+            lines.append(f"| {method} | {n} | " + " | ".join(_fmt(summary.get(k)) for k in keys) + f" | {users} |")
+    return lines
+
+
+def gain_base(run: RunContents, shots: int) -> Optional[str]:
+    """The method gains are measured against: `generic`, else the first method named *generic."""
+    if run.get("generic", shots):
+        return "generic"
+    return next((m for m in run.methods if m.endswith("generic") and run.get(m, shots)), None)
+
+
+def paired_gain(better: PopulationResult, base: PopulationResult, key: str = GAIN_KEY) -> Optional[dict]:
+    """Mean per-user difference with its 95% CI, and how many users gain / tie / lose."""
+    diffs = list(gains(better, base, key).values())
+    if not diffs:
+        return None
+    mean, half = mean_ci(diffs)
+    return {"mean": mean, "ci95": half, "users": len(diffs), "better": sum(d > 0 for d in diffs),
+            "same": sum(d == 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
+
+
+def gain_table(run: RunContents, key: str = GAIN_KEY) -> list[str]:
+    lines = [f"| method | N | base | gain in {key} (paired, ± 95% CI) | users better / same / worse |",
+             "| --- | --- | --- | --- | --- |"]
+    for n in run.shots:
+        base = gain_base(run, n)
+        if base is None:
+            continue
+        for method in run.methods:
+            result = run.get(method, n)
+            stats = paired_gain(result, run.get(base, n), key) if result and method != base else None
+            if stats:
+                lines.append(f"| {method} | {n} | {base} | {stats['mean']:+.3f} ± {stats['ci95']:.3f} | "
+                             f"{stats['better']} / {stats['same']} / {stats['worse']} |")
+    return lines if len(lines) > 2 else []
+
+
+def family_table(run: RunContents, families: dict[str, str], shots: int, key: str = GAIN_KEY) -> list[str]:
+    """Mean `key` per taste family and method at one N (users of a family are few: no CI)."""
+    names = sorted(set(families.values()))
+    methods = [m for m in run.methods if run.get(m, shots)]
+    if not names or not methods:
+        return []
+    lines = ["| family | " + " | ".join(methods) + " |", "|" + " --- |" * (len(methods) + 1)]
+    for family in names:
+        cells = []
+        for method in methods:
+            values = [m[key] for u, m in run.get(method, shots).per_user.items()
+                      if families.get(u) == family and math.isfinite(m.get(key, math.nan))]
+            cells.append(f"{np.mean(values):.3f}" if values else "-")
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def population_section(population: Optional[dict]) -> list[str]:
+    if not population:
+        return []
+    lines = ["## Population", ""]
+    counts = population.get("counts", {})
+    lines.append(f"{population.get('users', '?')} users, images per user: "
+                 + ", ".join(f"{k} {v}" for k, v in counts.items())
+                 + (", one shared image pool" if population.get("shared_images") else ", each user's own photos")
+                 + f"; seed {population.get('seed', '?')}.")
+    if population.get("families"):
+        lines += ["", "Families: " + ", ".join(f"{k} ({v})" for k, v in population["families"].items()) + "."]
+    stats = {k: v for k, v in (population.get("stats") or {}).items() if isinstance(v, (int, float))}
+    if stats:
+        lines += ["", "| statistic | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in stats.items()]
+    return lines + [""]
+
+
+# ---------------------------------------------------------------- plots
+
+def plot_gain_histograms(run: RunContents, path: Path, key: str = GAIN_KEY) -> Optional[Path]:
+    """Per-user gain over the base method, one panel per N, one colour per personalized method."""
+    panels = []
+    for n in run.shots:
+        base = gain_base(run, n)
+        if base is None:
+            continue
+        series = {m: list(gains(run.get(m, n), run.get(base, n), key).values()) for m in run.methods
+                  if m not in (base, "oracle") and not m.endswith("generic") and m != "prior" and run.get(m, n)}
+        series = {m: v for m, v in series.items() if v}
+        if series:
+            panels.append((n, base, series))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    bins = np.linspace(-1.05, 1.05, 22)  # centred on multiples of 0.1: ties (gain 0) get their own bar
+    for ax, (n, base, series) in zip(axes[0], panels):
+        ax.hist(list(series.values()), bins=bins, label=list(series), alpha=0.85)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title(f"N = {n}: per-user gain over {base}")
+        ax.set_xlabel(f"{key} (method - {base})")
+        ax.set_ylabel("users")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_shots(run: RunContents, path: Path, key: str = GAIN_KEY) -> Optional[Path]:
+    """Mean `key` with 95% CI error bars against N, one line per method."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    drawn = 0
+    for method in run.methods:
+        points = [(n, run.get(method, n).summary((key,)).get(key)) for n in run.shots if run.get(method, n)]
+        points = [(n, s) for n, s in points if s]
+        if not points:
+            continue
+        xs = [n for n, _ in points]
+        ax.errorbar(xs, [s["mean"] for _, s in points],
+                    yerr=[s["ci95"] if math.isfinite(s["ci95"]) else 0.0 for _, s in points],
+                    marker="o", capsize=3, label=method, linestyle="--" if method == "oracle" else "-")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xticks(run.shots)
+    ax.set_xlabel("N (few-shot images per user)")
+    ax.set_ylabel(f"{key} (mean over users, 95% CI)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def flatten_numbers(record: dict, prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a nested record under dotted keys (booleans and nulls left out)."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_numbers(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def curve_groups(records: Sequence[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{"evaluation": {metric: [(round, value)]}, "training loss": {...}} from round records."""
+    groups: dict[str, dict[str, list[tuple[float, float]]]] = {"evaluation": {}, "training loss": {}}
+    for record in records:
+        for key, value in flatten_numbers(record).items():
+            leaf = key.rsplit(".", 1)[-1]
+            if key == "round":
+                continue
+            if "loss" in leaf:
+                groups["training loss"].setdefault(key, []).append((record["round"], value))
+            elif any(t in leaf for t in ("acc", "srcc", "pcc")):
+                groups["evaluation"].setdefault(key, []).append((record["round"], value))
+    return {name: series for name, series in groups.items() if series}
+
+
+def plot_learning_curves(records: Sequence[dict], path: Path, title: str, max_lines: int = 8) -> Optional[Path]:
+    groups = curve_groups(records)
+    if not groups:
+        return None
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
+    for ax, (name, series) in zip(axes[0], groups.items()):
+        for key in sorted(series)[:max_lines]:
+            points = sorted(series[key])
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=key)
+        ax.set_title(f"{title}: {name}")
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- the report
+
+def _data_dir(run: RunContents) -> Optional[Path]:
+    for payload in list(run.payloads.values()) + list(run.galleries.values()):
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if data and Path(data).is_dir():
+            return Path(data)
+    return None
+
+
+def _population(run: RunContents, data_dir: Optional[Path]) -> Optional[dict]:
+    for payload in run.payloads.values():
+        if isinstance(payload.get("population"), dict):
+            return payload["population"]
+    if data_dir and (data_dir / "population.json").is_file():
+        return _read_json(data_dir / "population.json")
+    return None
+
+
+def write_galleries(run: RunContents, figures: Path, data_dir: Optional[Path]) -> list[tuple[str, Path]]:
+    """One PNG per gallery sheet; sheets whose photo cannot be found are noted and skipped."""
+    written = []
+    for rel, gallery in run.galleries.items():
+        root = Path(gallery.get("data") or "") if gallery.get("data") else data_dir
+        prefix = "" if "/" not in rel else rel.split("/")[0] + "_"
+        for sheet in gallery.get("sheets", []):
+            photo = (root / "images" / sheet["image"]) if root else None
+            if photo is None or not photo.is_file():
+                run.notes.append(f"gallery `{sheet.get('name')}` skipped: photo {sheet.get('image')} not found")
+                continue
+            image = draw_sheet(sheet, load_image(photo), gallery.get("families", {}))
+            path = save_rgb(figures / f"{prefix}{sheet['name']}.png", image)
+            written.append((f"{sheet.get('title', sheet['name'])} ({gallery.get('method', '?')}, "
+                            f"N = {gallery.get('shots', '?')}, photo {sheet['image']})", path))
+    return written
+
+
+def targets_section(run: RunContents) -> list[str]:
+    lines = []
+    for rel, payload in run.payloads.items():
+        targets = payload.get("targets")
+        if isinstance(targets, dict) and targets:
+            lines += [f"Targets recorded in `{rel}`:", "", "| target | value | met |", "| --- | --- | --- |"]
+            for name, target in targets.items():
+                if isinstance(target, dict):
+                    value = target.get("value")
+                    shown = f"{value:+.3f}" if isinstance(value, (int, float)) else "-"
+                    lines.append(f"| {name}: {target.get('description', '')} | {shown} | "
+                                 f"{'yes' if target.get('met') else 'no'} |")
+            lines.append("")
+    return lines
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write RUN_DIR/report.md and RUN_DIR/figures/; returns the markdown path."""
+    run = load_run(Path(run_dir))
+    if not run.results and not run.rounds and not run.galleries:
+        raise FileNotFoundError(f"{run_dir}: no results.json, rounds.jsonl or gallery.json here or one level below")
+    figures = run.run_dir / FIGURES
+    data_dir = _data_dir(run)
+    lines = [f"# fedpic report: {run.run_dir.name}", ""]
+    lines += ["Protocol: each user is personalized from the first N images of their `train` split and scored on "
+              "their unseen `test` split; figures are the mean over users with the half-width of the 95% t "
+              "confidence interval. Sources: " + (", ".join(f"`{p}`" for p in run.payloads) or "none") + ".", ""]
+    lines += population_section(_population(run, data_dir))
+    if run.results:
+        lines += ["## Results", "", "Methods: " + "; ".join(f"`{m}` {method_label(m)}" for m in run.methods) + ".", ""]
+        lines += results_table(run) + [""]
+        gain_lines = gain_table(run)
+        if gain_lines:
+            lines += ["### Gain over generic", ""] + gain_lines + [""]
+        families = user_families(data_dir) if data_dir else {}
+        if families:
+            n = 5 if 5 in run.shots else run.shots[0]
+            lines += [f"### {GAIN_KEY} by taste family (N = {n})", ""] + family_table(run, families, n) + [""]
+        lines += targets_section(run)
+        for title, path in (("Accuracy against N", plot_accuracy_vs_shots(run, figures / "accuracy_vs_shots.png")),
+                            ("Per-user gain", plot_gain_histograms(run, figures / "gain_histogram.png"))):
+            if path:
+                lines += [f"### {title}", "", f"![{title}]({path.relative_to(run.run_dir)})", ""]
+    for rel, records in run.rounds.items():
+        name = rel.replace("/", "_").removesuffix(".jsonl")
+        path = plot_learning_curves(records, figures / f"learning_curves_{name}.png", rel)
+        if path:
+            lines += [f"## Learning curves (`{rel}`, {len(records)} rounds)", "",
+                      f"![learning curves]({path.relative_to(run.run_dir)})", ""]
+    sheets = write_galleries(run, figures, data_dir)
+    if sheets:
+        lines += ["## Crop galleries", "", "Each tile is the same photo: the generic model's best crop (yellow), "
+                  "or one user's personalized best crop (red, `model`) with the user's own best crop "
+                  "(white, `own`) when it is known.", ""]
+        for title, path in sheets:
+            lines += [f"**{title}**", "", f"![{title}]({path.relative_to(run.run_dir)})", ""]
+    if run.notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in run.notes] + [""]
+    out = run.run_dir / REPORT_FILE
+    out.write_text("\n".join(lines).rstrip() + "\n")
+    return out
