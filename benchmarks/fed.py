@@ -1,12 +1,11 @@
 """Benchmark: federated fedpic against centralized PIC, its upload size, and a 1000-device run.
 
-Quality (the demo population: synthetic default, 40 users, demo config): one pre-stage
-model (generic.csv without any test image) is the start of both
-  centralized PIC  pic_core.train.train_prior over all users' prior images (sequential data
-                   pooling on one machine), then the evaluation protocol;
-  federated        `fedpic simulate` (Flower simulation, FedRep-style rounds), then the protocol.
-Both are scored by pic_core.protocol.evaluate_users (few-shot personalization on the train
-split, acc1_5 on unseen test images); "generic" is the larger of the pre model's and the
+Quality (the demo population: synthetic default, 40 users, demo config): --work is a run
+folder of the report's centralized runner (`fedpic baselines`, methods generic, prior,
+centralized: pre.pt, prior.pt, results.json); `fedpic simulate` then starts from the same
+pre.pt into --work/federated, so `fedpic report --work` shows both. Every figure comes from
+pic_core.protocol.evaluate_users (few-shot personalization on the train split, acc1_5 on
+unseen test images); "generic" is the larger of the pre model's objective score and the
 federated model's d_u = 0 score. Targets: federated within 2 points of centralized PIC,
 and at least 13 points over generic.
 
@@ -21,8 +20,8 @@ target <= 6 GB.
     python benchmarks/fed.py [--config configs/demo.yaml] [--work runs/bench/fed]
                              [--out runs/bench/fed.json] [--skip-quality] [--skip-scale]
 
-Intermediate results (dataset, pre model, centralized model and its scores) are reused from
---work when present; the federated runs are always fresh.
+The dataset and the centralized run are reused from --work when present; the federated
+runs are always fresh.
 """
 from __future__ import annotations
 
@@ -43,17 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pic_core.checkpoint import load_model, save_model  # noqa: E402
 from pic_core.cli import parse_overrides  # noqa: E402
-from pic_core.config import Config, load_config, to_dict  # noqa: E402
-from pic_core.data.dataset import Dataset  # noqa: E402
+from pic_core.config import Config, load_config  # noqa: E402
 from pic_core.data.synthetic import PopulationSpec, generate  # noqa: E402
-from pic_core.protocol import evaluate_users  # noqa: E402
-from pic_core.samples import SampleCache  # noqa: E402
-from pic_core.train import configure_runtime, train_prior  # noqa: E402
 from server.round_log import read_rounds  # noqa: E402
-from simulations.federated import SimulationPlan, split_population  # noqa: E402
-from simulations.simulate import run as simulate  # noqa: E402
+from simulations.experiment import PRE_MODEL, RESULTS_FILE, read_results, run_centralized  # noqa: E402
+from simulations.simulate import run_simulation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"max_gap_to_central_points": 2.0, "min_gain_over_generic_points": 13.0, "max_upload_fraction": 0.25,
@@ -133,84 +127,52 @@ def summary(result: dict, key: str = "acc1_5") -> dict:
     return result["summary"][key]
 
 
-def pre_model(config: Config, data: Path, work: Path) -> Path:
-    """The pre stage, once: simulate's own pretraining path (generic.csv minus test images)."""
-    from simulations.federated import pretrain_model
-
-    path = work / "pre.pt"
-    if path.is_file():
-        model, _ = load_model(path)
-        if to_dict(model.config) == to_dict(config.model) | {"backbone_weights": None}:
-            return path
-    users, _ = split_population(Dataset(data), None)
-    plan = SimulationPlan(config=config, data_dir=data, out_dir=work, users=users, holdout=[])
-    start = time.perf_counter()
-    pretrain_model(plan)
-    (work / "pre.seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
-    return path
+def by_method(path: Path) -> dict[str, dict]:
+    """method -> its summary, from a "fedpic-results" file."""
+    _, results = read_results(path)
+    return {r.method: r.summary() for r in results}
 
 
-def central_pic(config: Config, data: Path, pre: Path, work: Path) -> dict:
-    """Centralized PIC: prior stage on the pooled prior images of every user, then the protocol."""
-    path = work / "central.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    device = configure_runtime(config)
-    model, _ = load_model(pre, device)
-    users = list(Dataset(data).users())
-    cache = SampleCache(model.config.short_side)
-    start = time.perf_counter()
-    log, _ = train_prior(model, {u.user_id: u.split("prior") for u in users}, config, cache, device)
-    seconds = time.perf_counter() - start
-    save_model(work / "central.pt", model, to_dict(config), "prior", {"train": log.as_dict()})
-    shots = config.finetune.shots
-    generic = evaluate_users(model, users, config, shots, method="central-generic", cache=cache, personalize=False,
-                             device=device)
-    personalized = evaluate_users(model, users, config, shots, method="central-pic", cache=cache, device=device)
-    pre_model_, _ = load_model(pre, device)
-    pre_generic = evaluate_users(pre_model_, users, config, shots, method="pre-generic", cache=cache,
-                                 personalize=False, device=device)
-    result = {"train_seconds": seconds, "central_generic": generic.as_dict(), "central_pic": personalized.as_dict(),
-              "pre_generic": pre_generic.as_dict()}
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+def centralized(config: Config, data: Path, work: Path) -> dict:
+    """Centralized PIC and the generic model: the report's experiment runner, once (reused from --work)."""
+    if not (work / RESULTS_FILE).is_file():
+        run_centralized(data, config, work, shots=[config.finetune.shots],
+                        methods=("generic", "prior", "centralized"))
+    return by_method(work / RESULTS_FILE)
 
 
-def federated(config: Config, data: Path, pre: Path, out: Path) -> dict:
+def federated(config: Config, data: Path, pre: Path, out: Path) -> tuple[dict, dict]:
+    """A fresh `fedpic simulate` from the same pre model: (method summaries, the results payload)."""
     shutil.rmtree(out, ignore_errors=True)
-    users, holdout = split_population(Dataset(data), config.federation.population)
-    plan = SimulationPlan(config=config, data_dir=data, out_dir=out, users=users, holdout=holdout, init_model=pre)
     with MemorySampler() as memory:
-        results = json.loads(simulate(plan, evaluate=True).read_text())
-    results["peak_rss_bytes"] = memory.peak_rss
-    return results
+        path = run_simulation(config, data, out, init_model=pre)
+    payload, _ = read_results(path)
+    payload["peak_rss_bytes"] = memory.peak_rss
+    return by_method(path), payload
 
 
 def quality(config: Config, work: Path) -> dict:
     data = dataset(work / "data", PopulationSpec(seed=0))
-    pre = pre_model(config, data, work)
-    central = central_pic(config, data, pre, work)
-    fed = federated(config, data, pre, work / "federated")
-    fed_pic = summary(fed["evaluation"]["personalized"])
-    central_value = summary(central["central_pic"])
-    generic = {"pre": summary(central["pre_generic"])["mean"],
-               "federated_d_u_0": summary(fed["evaluation"]["generic"])["mean"]}
-    gap = 100 * (central_value["mean"] - fed_pic["mean"])
+    central = centralized(config, data, work)
+    fed, payload = federated(config, data, work / PRE_MODEL, work / "federated")
+    fed_pic, central_pic = fed["federated"]["acc1_5"], central["centralized"]["acc1_5"]
+    generic = {"generic": central["generic"]["acc1_5"]["mean"],
+               "federated_d_u_0": fed["federated-generic"]["acc1_5"]["mean"]}
+    gap = 100 * (central_pic["mean"] - fed_pic["mean"])
     gain = 100 * (fed_pic["mean"] - max(generic.values()))
-    communication = fed["communication"]
+    communication = payload["communication"]
     rounds = read_rounds(work / "federated" / "rounds.jsonl")
     return {
-        "population": fed["population"], "shots": fed["evaluation"]["shots"], "metric": "acc1_5",
-        "federated": fed_pic, "central_pic": central_value,
-        "central_generic": summary(central["central_generic"]), "generic": generic,
+        "population": payload["users"], "shots": config.finetune.shots, "metric": "acc1_5",
+        "federated": fed_pic, "central_pic": central_pic, "central_prior_d_u_0": central["prior"]["acc1_5"],
+        "generic": generic, "new_devices": {m: v["acc1_5"] for m, v in fed.items() if m.endswith("new-devices")},
         "gap_to_central_points": gap, "gain_over_generic_points": gain,
         "learning_curve": [{"round": r["round"], "personalized-acc1_5": (r.get("evaluate") or {}).get(
             "personalized-acc1_5"), "generic-acc1_5": (r.get("evaluate") or {}).get("generic-acc1_5")}
             for r in rounds if r.get("evaluate")],
         "communication": communication,
-        "timing": {"pre_seconds": float((work / "pre.seconds").read_text()) if (work / "pre.seconds").is_file()
-                   else None, "central_train_seconds": central["train_seconds"], **fed["timing"]},
-        "federated_peak_rss_gb": fed["peak_rss_bytes"] / GB,
+        "timing": {"federated": payload["timing"], "centralized": read_results(work / RESULTS_FILE)[0]["timing"]},
+        "federated_peak_rss_gb": payload["peak_rss_bytes"] / GB,
         "pass": {"within_2_points_of_central": gap <= TARGETS["max_gap_to_central_points"],
                  "13_points_over_generic": gain >= TARGETS["min_gain_over_generic_points"],
                  "upload_at_most_25_percent": (communication["upload_fraction_of_fp32_model"] or 1.0)
@@ -227,13 +189,11 @@ def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int,
     fed.rounds, fed.devices_per_round, fed.eval_every, fed.population = rounds, per_round, 0, None
     out = work / f"scale{devices}"
     shutil.rmtree(out, ignore_errors=True)
-    users, _ = split_population(Dataset(data), None)
     if pre is None:
         config.pre.epochs = 0  # fresh weights: this measures the machinery, not quality
-    plan = SimulationPlan(config=config, data_dir=data, out_dir=out, users=users, holdout=[], init_model=pre)
     start = time.perf_counter()
     with MemorySampler() as memory:
-        simulate(plan, evaluate=False)
+        run_simulation(config, data, out, init_model=pre, evaluate=False)
     records = [r for r in read_rounds(out / "rounds.jsonl") if r["round"] > 0]
     return {
         "devices": devices, "devices_per_round": per_round, "rounds": len(records),
@@ -271,7 +231,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if not args.skip_scale:
-        pre = args.work / "pre.pt" if (args.work / "pre.pt").is_file() else None
+        pre = args.work / PRE_MODEL if (args.work / PRE_MODEL).is_file() else None
         report["scale"] = scale(config, args.work, args.scale_devices, args.scale_per_round, args.scale_rounds, pre)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

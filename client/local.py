@@ -77,7 +77,8 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
     cache = sample_cache(model, config, settings)
     samples = cache.samples(sets)
     store = PersonalStateStore(settings.state_dir, user.user_id)
-    extra = store.load(model)
+    extra = store.load(model, for_round=server_round)
+    before = store.snapshot(model, extra)
     seed = device_seed(config, server_round, user.user_id)
     personal = train_personal(model, samples, epochs=fed.personal_epochs, lr=fed.personal_lr,
                               rank_weight=prior.rank_weight, smooth_l1_weight=prior.smooth_l1_weight,
@@ -89,7 +90,7 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
                           exclude_prefixes=BACKBONE_TAP_PREFIXES if fed.freeze_backbone else (),
                           proximal_mu=proximal_mu)
     rounds = [int(r) for r in extra.get("rounds", [])] + [int(server_round)]
-    store.save(model, rounds, personal.optimizer_state)
+    store.save(model, rounds, personal.optimizer_state, previous=before)
     if isinstance(cache, TapSampleCache):
         cache.save()
     metrics = {

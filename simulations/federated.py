@@ -30,23 +30,32 @@ from client.app import make_client_app
 from pic_core.checkpoint import load_model, save_model
 from pic_core.config import Config, to_dict
 from pic_core.data import DataError
-from pic_core.data.common import atomic_write_text
 from pic_core.data.dataset import Dataset
-from pic_core.model import CropScorer
-from pic_core.protocol import evaluate_users
+from pic_core.protocol import PopulationResult, evaluate_users
 from pic_core.samples import SampleCache
-from pic_core.train import configure_runtime, pretrain
+from pic_core.train import configure_runtime
 from server.app import make_server_app
 from server.checkpoint import CHECKPOINT_FILE
 from server.loop import MODEL_FILE
 from server.round_log import LOG_FILE, read_rounds
 
+from .baselines import evaluate_generic, load_users, train_generic
+from .experiment import RESULTS_FILE, population_info, results_payload
+from .experiment import write_results as write_payload
+
 log = logging.getLogger("fedpic.simulate")
 
 PRE_FILE = "pre.pt"
-RESULTS_FILE = "results.json"
 DEVICES_DIR = "devices"
-RESULTS_FORMAT = "fedpic-federated-results"
+HOLDOUT_SUFFIX = "-new-devices"
+FEDERATED_METHODS = {
+    "federated": "federated PIC (prior trained with Flower, then finetune)",
+    "federated-generic": "federated prior (d_u = 0)",
+    "federated-new-devices": "federated PIC on devices never seen in training",
+    "federated-generic-new-devices": "federated prior (d_u = 0) on devices never seen in training",
+    "generic-new-devices": "generic (pre stage) on devices never seen in training",
+}
+"""Method ids of a federated results file (the report labels the others from baselines.METHODS)."""
 
 
 @dataclass
@@ -71,26 +80,16 @@ def split_population(dataset: Dataset, population: Optional[int]) -> tuple[list[
     return users[:count], users[count:]
 
 
-def pretrain_sets(dataset: Dataset, users: Sequence[str]) -> list:
-    """generic.csv crop sets minus every image in some user's test split (never train on test images)."""
-    generic = dataset.generic()
-    if not generic:
-        raise DataError(f"{dataset.root}: no generic.csv to pretrain on; pass --init with a model file")
-    test_images = {c.name for uid in users for c in dataset.user(uid).split("test")}
-    return [c for c in generic if c.name not in test_images]
-
-
 def pretrain_model(plan: SimulationPlan) -> Path:
     """Stage pre on the dataset's generic scores (the server's own data), written to out/pre.pt."""
     config = plan.config
     device = configure_runtime(config)
     dataset = Dataset(plan.data_dir)
-    sets = pretrain_sets(dataset, dataset.user_ids)
-    model = CropScorer(config.model).to(device)
-    train_log = pretrain(model, sets, config, SampleCache(config.model.short_side), device)
+    model, train_log = train_generic(dataset, load_users(dataset), config, SampleCache(config.model.short_side),
+                                     device)
     path = plan.out_dir / PRE_FILE
-    save_model(path, model, to_dict(config), "pre", {"train": train_log.as_dict(), "images": len(sets)})
-    log.info("pre: %d images in %.1fs -> %s", len(sets), train_log.seconds, path)
+    save_model(path, model, to_dict(config), "pre", {"train": train_log.as_dict()})
+    log.info("pre: %d epochs in %.1fs -> %s", len(train_log.epoch_losses), train_log.seconds, path)
     return path
 
 
@@ -139,8 +138,10 @@ def run_federated(plan: SimulationPlan, client_mods: Sequence[Mod] = ()) -> floa
     return seconds
 
 
-def evaluate_population(plan: SimulationPlan, users: Sequence[str]) -> dict:
-    """The evaluation protocol on model.pt: generic (d_u = 0) and few-shot personalized, per user."""
+def evaluate_population(plan: SimulationPlan, users: Sequence[str], suffix: str = "") -> list[PopulationResult]:
+    """The evaluation protocol on model.pt, per user: `federated-generic` (d_u = 0) and `federated`
+    (few-shot personalized), plus `generic` (the pre model's objective score) when the run started
+    from a pre-stage model. `suffix` tells held-out users' rows apart."""
     config = plan.config
     device = configure_runtime(config)
     model, _ = load_model(plan.out_dir / MODEL_FILE, device)
@@ -148,11 +149,18 @@ def evaluate_population(plan: SimulationPlan, users: Sequence[str]) -> dict:
     data = [dataset.user(uid) for uid in users]
     shots = config.finetune.shots
     cache = SampleCache(model.config.short_side)
-    generic = evaluate_users(model, data, config, shots, method="federated-generic", cache=cache,
-                             personalize=False, device=device)
-    personalized = evaluate_users(model, data, config, shots, method="federated", cache=cache, device=device)
-    return {"shots": shots, "users": len(personalized.per_user), "generic": generic.as_dict(),
-            "personalized": personalized.as_dict()}
+    results = []
+    if plan.init_model is not None:
+        start, meta = load_model(plan.init_model, device)
+        if meta.get("stage") == "pre":
+            generic = evaluate_generic(start, data, config, shots, cache, device)
+            generic.method = f"generic{suffix}"
+            results.append(generic)
+    results.append(evaluate_users(model, data, config, shots, method=f"federated-generic{suffix}", cache=cache,
+                                  personalize=False, device=device))
+    results.append(evaluate_users(model, data, config, shots, method=f"federated{suffix}", cache=cache,
+                                  device=device))
+    return results
 
 
 def communication_summary(rounds: Sequence[dict]) -> dict:
@@ -166,20 +174,18 @@ def communication_summary(rounds: Sequence[dict]) -> dict:
                                                     None)}
 
 
-def write_results(plan: SimulationPlan, timing: dict, evaluation: Optional[dict],
-                  holdout: Optional[dict]) -> Path:
+def write_results(plan: SimulationPlan, timing: dict, results: Sequence[PopulationResult]) -> Path:
+    """results.json in the "fedpic-results" format (docs/report.md) with the federated run's facts."""
     rounds = read_rounds(plan.out_dir / LOG_FILE)
-    payload = {
-        "format": RESULTS_FORMAT, "format_version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "data": str(plan.data_dir), "config": to_dict(plan.config),
-        "population": len(plan.users), "holdout_users": len(plan.holdout),
+    extra = {
+        "shots": [plan.config.finetune.shots], "users": len(plan.users), "population_users": plan.users,
+        "holdout_users": plan.holdout, "population": population_info(plan.data_dir),
         "rounds_completed": max((int(r["round"]) for r in rounds), default=0),
-        "strategy": plan.config.federation.strategy,
+        "strategy": plan.config.federation.strategy, "timing": timing,
+        "communication": communication_summary(rounds),
         "files": {"model": MODEL_FILE, "rounds_log": LOG_FILE, "checkpoint": CHECKPOINT_FILE,
                   "init_model": str(plan.init_model) if plan.init_model else None},
-        "timing": timing, "communication": communication_summary(rounds),
-        "evaluation": evaluation, "holdout_evaluation": holdout,
     }
-    path = plan.out_dir / RESULTS_FILE
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
-    return path
+    payload = results_payload(results, kind="federated", data_dir=plan.data_dir, config=plan.config, extra=extra)
+    payload["methods"].update({m: FEDERATED_METHODS.get(m, m) for m in payload["methods"] if m in FEDERATED_METHODS})
+    return write_payload(plan.out_dir / RESULTS_FILE, payload)

@@ -14,9 +14,10 @@ import logging
 import time
 from pathlib import Path
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from pic_core.cli import add_common_options, config_from_args
+from pic_core.config import Config
 from pic_core.data.dataset import Dataset
 
 if TYPE_CHECKING:  # .federated imports Flower: loaded when the command runs, not for every `fedpic`
@@ -25,27 +26,33 @@ if TYPE_CHECKING:  # .federated imports Flower: loaded when the command runs, no
 log = logging.getLogger("fedpic.simulate")
 
 
-def plan_from_args(args: argparse.Namespace) -> "SimulationPlan":
+def make_plan(config: Config, data_dir: Path, out_dir: Path, init_model: Optional[Path] = None,
+              resume: bool = False) -> "SimulationPlan":
+    """The population split and start model of a run (a resumed run reuses its own out/pre.pt)."""
     from .federated import PRE_FILE, SimulationPlan, split_population
 
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    users, holdout = split_population(Dataset(data_dir), config.federation.population)
+    if init_model is None and resume and (out_dir / PRE_FILE).is_file():
+        init_model = out_dir / PRE_FILE
+    return SimulationPlan(config=config, data_dir=data_dir, out_dir=out_dir, users=users, holdout=holdout,
+                          init_model=Path(init_model) if init_model else None, resume=resume)
+
+
+def plan_from_args(args: argparse.Namespace) -> "SimulationPlan":
     overrides = list(args.overrides or [])
     if args.rounds is not None:
         overrides.append(f"federation.rounds={args.rounds}")
     if args.population is not None:
         overrides.append(f"federation.population={args.population}")
     args.overrides = overrides
-    config = config_from_args(args)
-    users, holdout = split_population(Dataset(args.data), config.federation.population)
-    init = args.init
-    if init is None and args.resume and (args.out / PRE_FILE).is_file():
-        init = args.out / PRE_FILE
-    return SimulationPlan(config=config, data_dir=args.data, out_dir=args.out, users=users, holdout=holdout,
-                          init_model=init, resume=args.resume)
+    return make_plan(config_from_args(args), args.data, args.out, args.init, args.resume)
 
 
 def run(plan: "SimulationPlan", evaluate: bool = True, client_mods: Sequence = ()) -> Path:
     """Pretrain (when needed), simulate, evaluate; returns the results.json path."""
-    from .federated import check_out_dir, evaluate_population, pretrain_model, run_federated, write_results
+    from .federated import HOLDOUT_SUFFIX, check_out_dir, evaluate_population, pretrain_model, run_federated, \
+        write_results
 
     check_out_dir(plan)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -57,21 +64,26 @@ def run(plan: "SimulationPlan", evaluate: bool = True, client_mods: Sequence = (
     log.info("federation: %d devices (%d held out), %d rounds of %s", len(plan.users), len(plan.holdout),
              plan.config.federation.rounds, plan.config.federation.strategy)
     timing["federated_seconds"] = run_federated(plan, client_mods)
-    evaluation = holdout = None
+    results = []
     if evaluate:
         start = time.perf_counter()
-        evaluation = evaluate_population(plan, plan.users)
+        results = evaluate_population(plan, plan.users)
         if plan.holdout:
-            holdout = evaluate_population(plan, plan.holdout)
+            results += evaluate_population(plan, plan.holdout, HOLDOUT_SUFFIX)
         timing["evaluate_seconds"] = time.perf_counter() - start
-    path = write_results(plan, timing, evaluation, holdout)
-    if evaluation:
-        for name in ("generic", "personalized"):
-            stats = evaluation[name]["summary"].get("acc1_5", {})
-            print(f"federated {name:>12}: acc1_5 {stats.get('mean', float('nan')):.3f} "
-                  f"+- {stats.get('ci95', float('nan')):.3f} over {stats.get('users', 0)} users")
+    path = write_results(plan, timing, results)
+    for result in results:
+        stats = result.summary(("acc1_5",)).get("acc1_5", {})
+        print(f"{result.method:>30}: acc1_5 {stats.get('mean', float('nan')):.3f} "
+              f"+- {stats.get('ci95', float('nan')):.3f} over {stats.get('users', 0)} users")
     log.info("wrote %s", path)
     return path
+
+
+def run_simulation(config: Config, data_dir: Path, out_dir: Path, *, init_model: Optional[Path] = None,
+                   resume: bool = False, evaluate: bool = True) -> Path:
+    """`fedpic simulate` as a function (what `fedpic demo` chains): returns the results.json path."""
+    return run(make_plan(config, data_dir, out_dir, init_model, resume), evaluate=evaluate)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

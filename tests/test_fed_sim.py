@@ -72,8 +72,22 @@ def test_simulation_completes_and_the_global_model_changes(fed_run):
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert moved and not any(is_backbone_tap(k) for k in moved)  # heads trained, frozen backbone untouched
     assert rounds[1]["train"]["loss-shared"] > 0
-    evaluation = fed_run["results"]
-    assert evaluation.is_file()
+
+
+def test_results_are_fedpic_results_that_the_report_renders(fed_run):
+    from simulations.experiment import read_results
+    from simulations.report import build_report
+
+    payload, results = read_results(fed_run["results"])
+    assert payload["kind"] == "federated" and payload["rounds_completed"] == 2
+    assert {(r.method, len(r.per_user)) for r in results} == {
+        ("generic", 3), ("federated-generic", 3), ("federated", 3),
+        ("generic-new-devices", 1), ("federated-generic-new-devices", 1), ("federated-new-devices", 1)}
+    assert 0 < payload["communication"]["upload_fraction_of_fp32_model"] < 0.5
+    text = build_report(fed_run["out"]).read_text()
+    (shots,) = payload["shots"]
+    assert f"| federated | {shots} |" in text and f"| federated-generic | {shots} |" in text
+    assert "## Learning curves (`rounds.jsonl`, 3 rounds)" in text
 
 
 def test_personal_state_persists_between_rounds_on_each_device(fed_run):

@@ -272,9 +272,19 @@ def test_train_round_keeps_d_u_on_disk_and_leaves_the_frozen_backbone_alone(toy_
     assert changed and not any(is_backbone_tap(k) for k in changed)
     stored = torch.load(tmp_path / "user0" / "personal.pt", weights_only=True)
     assert stored["extra"]["rounds"] == [1] and float(stored["personal"]["personal.delta"].abs().sum()) > 0
+    received_rerun = copy.deepcopy(received_again)
     again = train_round(received_again, user, tiny_config, settings, server_round=2)
     assert again.metrics["backbone-passes"] == 0  # taps came from the device's disk cache
-    assert torch.load(tmp_path / "user0" / "personal.pt", weights_only=True)["extra"]["rounds"] == [1, 2]
+    after_two = torch.load(tmp_path / "user0" / "personal.pt", weights_only=True)
+    assert after_two["extra"]["rounds"] == [1, 2]
+    # the server resumed from its round-1 checkpoint and sends round 2 again: the device starts
+    # from its state before round 2, so the re-run gives the same d_u and counts the round once
+    rerun = train_round(received_rerun, user, tiny_config, settings, server_round=2)
+    stored = torch.load(tmp_path / "user0" / "personal.pt", weights_only=True)
+    assert stored["extra"]["rounds"] == [1, 2]
+    torch.testing.assert_close(stored["personal"]["personal.delta"], after_two["personal"]["personal.delta"])
+    for key, value in again.arrays.items():
+        np.testing.assert_allclose(rerun.arrays[key], value, atol=1e-6)
 
 
 # --- privacy: the real ClientApp on real Messages -------------------------------------------
