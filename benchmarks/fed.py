@@ -1,9 +1,9 @@
 """Benchmark: federated fedpic against centralized PIC, its upload size, and a 1000-device run.
 
 Quality (the demo population: synthetic default, 40 users, demo config): --work is a run
-folder of the report's centralized runner (`fedpic baselines`, methods generic, prior,
-centralized: pre.pt, prior.pt, results.json); `fedpic simulate` then starts from the same
-pre.pt into --work/federated, so `fedpic report --work` shows both. Every figure comes from
+folder like `fedpic baselines` writes (methods generic, prior, centralized from the report's
+baselines module: pre.pt, prior.pt, results.json); `fedpic simulate` then starts from the
+same pre.pt into --work/federated, so `fedpic report --work` shows both. Every figure comes from
 pic_core.protocol.evaluate_users (few-shot personalization on the train split, acc1_5 on
 unseen test images); "generic" is the larger of the pre model's objective score and the
 federated model's d_u = 0 score. Targets: federated within 2 points of centralized PIC,
@@ -46,7 +46,15 @@ from pic_core.cli import parse_overrides  # noqa: E402
 from pic_core.config import Config, load_config  # noqa: E402
 from pic_core.data.synthetic import PopulationSpec, generate  # noqa: E402
 from server.round_log import read_rounds  # noqa: E402
-from simulations.experiment import PRE_MODEL, RESULTS_FILE, read_results, run_centralized  # noqa: E402
+from pic_core.checkpoint import load_model, save_model  # noqa: E402
+from pic_core.config import to_dict  # noqa: E402
+from pic_core.data.dataset import Dataset  # noqa: E402
+from pic_core.samples import SampleCache  # noqa: E402
+from pic_core.train import configure_runtime  # noqa: E402
+from simulations.baselines import evaluate_centralized, evaluate_generic, evaluate_prior, load_users, \
+    train_generic, train_prior_model  # noqa: E402
+from simulations.experiment import PRE_MODEL, PRIOR_MODEL, RESULTS_FILE, read_results, results_payload, \
+    write_results  # noqa: E402
 from simulations.simulate import run_simulation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,10 +142,32 @@ def by_method(path: Path) -> dict[str, dict]:
 
 
 def centralized(config: Config, data: Path, work: Path) -> dict:
-    """Centralized PIC and the generic model: the report's experiment runner, once (reused from --work)."""
+    """Generic, prior (d_u = 0) and centralized PIC by the report's baselines, into --work/results.json.
+
+    The pre model --work/pre.pt is reused when present (it is the federated run's start too)."""
     if not (work / RESULTS_FILE).is_file():
-        run_centralized(data, config, work, shots=[config.finetune.shots],
-                        methods=("generic", "prior", "centralized"))
+        device = configure_runtime(config)
+        dataset = Dataset(data)
+        users = load_users(dataset)
+        cache = SampleCache(config.model.short_side)
+        timing = {}
+        if (work / PRE_MODEL).is_file():
+            pre, _ = load_model(work / PRE_MODEL, device)
+        else:
+            start = time.perf_counter()
+            pre, _ = train_generic(dataset, users, config, cache, device)
+            save_model(work / PRE_MODEL, pre, to_dict(config), "pre")
+            timing["pre_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        prior, _ = train_prior_model(pre, users, config, cache, device)
+        save_model(work / PRIOR_MODEL, prior, to_dict(config), "prior")
+        timing["prior_seconds"] = time.perf_counter() - start
+        shots = config.finetune.shots
+        results = [evaluate_generic(pre, users, config, shots, cache, device),
+                   evaluate_prior(prior, users, config, shots, cache, device),
+                   evaluate_centralized(prior, users, config, shots, cache, device)]
+        write_results(work / RESULTS_FILE, results_payload(results, kind="centralized", data_dir=data, config=config,
+                                                           extra={"shots": [shots], "timing": timing}))
     return by_method(work / RESULTS_FILE)
 
 

@@ -126,6 +126,7 @@ def run_federated(plan: SimulationPlan, client_mods: Sequence[Mod] = ()) -> floa
     """The Flower simulation of all rounds; returns its wall-clock seconds."""
     bound = bound_run_config(plan)
     logging.getLogger("flwr").propagate = False  # Flower prints its own log lines; no second copy
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state database set-up chatter
     start = time.perf_counter()
     run_simulation(server_app=make_server_app(bound), client_app=make_client_app(bound, client_mods),
                    num_supernodes=len(plan.users), backend_config=backend_config(plan.config))
