@@ -171,8 +171,16 @@ def centralized(config: Config, data: Path, work: Path) -> dict:
     return by_method(work / RESULTS_FILE)
 
 
-def federated(config: Config, data: Path, pre: Path, out: Path) -> tuple[dict, dict]:
-    """A fresh `fedpic simulate` from the same pre model: (method summaries, the results payload)."""
+def federated(config: Config, data: Path, pre: Path, out: Path, reuse: Optional[Path] = None) -> tuple[dict, dict]:
+    """A fresh `fedpic simulate` from the same pre model (or the finished run `reuse` that started
+    from it): (method summaries, the results payload)."""
+    if reuse is not None:
+        path = reuse / RESULTS_FILE
+        payload, _ = read_results(path)
+        if Path(payload["files"]["init_model"]).resolve() != pre.resolve():
+            raise ValueError(f"{path}: started from {payload['files']['init_model']}, not {pre}")
+        payload["peak_rss_bytes"] = None  # not measured here
+        return by_method(path), payload
     shutil.rmtree(out, ignore_errors=True)
     with MemorySampler() as memory:
         path = run_simulation(config, data, out, init_model=pre)
@@ -181,17 +189,18 @@ def federated(config: Config, data: Path, pre: Path, out: Path) -> tuple[dict, d
     return by_method(path), payload
 
 
-def quality(config: Config, work: Path) -> dict:
+def quality(config: Config, work: Path, reuse: Optional[Path] = None) -> dict:
     data = dataset(work / "data", PopulationSpec(seed=0))
     central = centralized(config, data, work)
-    fed, payload = federated(config, data, work / PRE_MODEL, work / "federated")
+    fed, payload = federated(config, data, work / PRE_MODEL, work / "federated", reuse)
+    rounds_dir = reuse or work / "federated"
     fed_pic, central_pic = fed["federated"]["acc1_5"], central["centralized"]["acc1_5"]
     generic = {"generic": central["generic"]["acc1_5"]["mean"],
                "federated_d_u_0": fed["federated-generic"]["acc1_5"]["mean"]}
     gap = 100 * (central_pic["mean"] - fed_pic["mean"])
     gain = 100 * (fed_pic["mean"] - max(generic.values()))
     communication = payload["communication"]
-    rounds = read_rounds(work / "federated" / "rounds.jsonl")
+    rounds = read_rounds(rounds_dir / "rounds.jsonl")
     return {
         "population": payload["users"], "shots": config.finetune.shots, "metric": "acc1_5",
         "federated": fed_pic, "central_pic": central_pic, "central_prior_d_u_0": central["prior"]["acc1_5"],
@@ -202,7 +211,8 @@ def quality(config: Config, work: Path) -> dict:
             for r in rounds if r.get("evaluate")],
         "communication": communication,
         "timing": {"federated": payload["timing"], "centralized": read_results(work / RESULTS_FILE)[0]["timing"]},
-        "federated_peak_rss_gb": payload["peak_rss_bytes"] / GB,
+        "federated_run": str(rounds_dir),
+        "federated_peak_rss_gb": payload["peak_rss_bytes"] / GB if payload["peak_rss_bytes"] else None,
         "pass": {"within_2_points_of_central": gap <= TARGETS["max_gap_to_central_points"],
                  "13_points_over_generic": gain >= TARGETS["min_gain_over_generic_points"],
                  "upload_at_most_25_percent": (communication["upload_fraction_of_fp32_model"] or 1.0)
@@ -243,8 +253,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "fed")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "fed.json")
-    parser.add_argument("--skip-quality", action="store_true")
-    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true", help="keep --out's quality section, if any")
+    parser.add_argument("--skip-scale", action="store_true", help="keep --out's scale section, if any")
+    parser.add_argument("--federated-run", type=Path,
+                        help="a finished `fedpic simulate` folder started from --work/pre.pt, used instead of a "
+                             "fresh federated run")
     parser.add_argument("--scale-devices", type=int, default=1000)
     parser.add_argument("--scale-per-round", type=int, default=10)
     parser.add_argument("--scale-rounds", type=int, default=3)
@@ -256,8 +269,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = {"benchmark": "fed", "config": str(args.config), "overrides": args.overrides, "targets": TARGETS,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "cuda": torch.cuda.is_available()}}
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report.update({part: earlier[part] for part in ("quality", "scale") if part in earlier})
     if not args.skip_quality:
-        report["quality"] = quality(config, args.work)
+        report["quality"] = quality(config, args.work, args.federated_run)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if not args.skip_scale:
