@@ -113,8 +113,11 @@ class CropScorer(nn.Module):
 
     # -- stages of a forward pass, exposed so the fast paths can cache between them --
     def encode(self, images: Tensor) -> ImageEncoding:
-        fused = self.backbone.fused_taps(images)
-        return ImageEncoding(self.backbone.reduce(fused), self.attention(fused), tuple(images.shape[-2:]))
+        return self.encode_taps(self.backbone.fused_taps(images), tuple(images.shape[-2:]))
+
+    def encode_taps(self, fused: Tensor, image_size: tuple[int, int]) -> ImageEncoding:
+        """The rest of encode() from the backbone's fused taps (cached when the backbone is frozen)."""
+        return ImageEncoding(self.backbone.reduce(fused), self.attention(fused), tuple(image_size))
 
     def crop_features(self, encoding: ImageEncoding, boxes: Tensor) -> CropFeatures:
         aligned = roi_rod_align(encoding.feature_map, boxes, 1.0 / 16, self.config.align_size)
