@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "pic_core.cli",
     "pic_core.data.synthetic",
     "simulations.simulate",
+    "server.deploy_cli",
 )
 """Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""
 
