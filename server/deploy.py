@@ -206,6 +206,26 @@ class Deployment:
             "--port", str(self.settings.ports.supernode(device.index))], f"supernode{device.index}.log")
         return device.process
 
+    def rejoin(self, device: Device, timeout: float = 180.0, settle: float = 10.0) -> int:
+        """Restart a device's SuperNode until the SuperLink accepts it again; returns the attempts.
+
+        A device that crashed is still "online" for the SuperLink until its heartbeat expires,
+        and Flower refuses to activate the same key twice (the SuperNode exits with code 305),
+        so a rejoining device retries until it stays up for `settle` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        attempts = 0
+        while time.monotonic() < deadline:
+            attempts += 1
+            process = self.start_supernode(device)
+            try:
+                process.wait(timeout=settle)
+            except subprocess.TimeoutExpired:
+                return attempts
+            time.sleep(3.0)
+        raise DeployError(f"device {device.key.name} could not rejoin within {timeout:.0f}s; see "
+                          f"{self.logs / f'supernode{device.index}.log'}")
+
     def kill_supernode(self, device: Device, sig: int = signal.SIGKILL) -> None:
         """Kill the device's SuperNode and its ClientApp (a crashed or unplugged device)."""
         if device.process is not None and device.process.poll() is None:
@@ -217,10 +237,10 @@ class Deployment:
         if self.superlink is not None and self.superlink.poll() is None:
             os.killpg(self.superlink.pid, sig)
             self.superlink.wait(timeout=30)
-        self._kill_strays("flwr-serverapp")
+        self._kill_strays(("flwr-serverapp", "flower-superexec --root-certificates"))
 
-    def _kill_strays(self, marker: str) -> None:
-        """Flower's SuperExec detaches the ServerApp into its own session; find ours by FLWR_HOME."""
+    def _kill_strays(self, markers: Sequence[str]) -> None:
+        """Flower's SuperExec detaches the apps into their own sessions; find ours by FLWR_HOME."""
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -229,7 +249,8 @@ class Deployment:
                 environ = (proc / "environ").read_bytes()
             except OSError:
                 continue
-            if marker in cmdline and f"FLWR_HOME={self.flwr_home}".encode() in environ:
+            mine = f"FLWR_HOME={self.flwr_home}".encode() in environ.split(b"\0")
+            if mine and any(marker in cmdline for marker in markers) and int(proc.name) != os.getpid():
                 try:
                     os.kill(int(proc.name), signal.SIGKILL)
                 except ProcessLookupError:
@@ -298,6 +319,7 @@ class Deployment:
         for device in self.devices:
             self.kill_supernode(device, signal.SIGTERM)
         self.kill_superlink(signal.SIGTERM)
+        self._kill_strays(("flwr-serverapp", "flwr-clientapp", "flower-superexec", "flower-supernode"))
         for handle in self._log_handles:
             handle.close()
         self._log_handles.clear()

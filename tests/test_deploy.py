@@ -78,7 +78,7 @@ def scenario(tmp_path_factory):
         facts["killed_at"] = time.monotonic()
         _wait(lambda: len(_rounds(deployment)) >= 1, ROUND_TIMEOUT + 120, "round 1 to complete")
         facts["round1_done"] = time.monotonic()
-        deployment.start_supernode(victim)  # the device rejoins: same key, same state folder
+        facts["rejoin_attempts"] = deployment.rejoin(victim)  # same key, same state folder
         # the server is killed during round 2 and restarted on the same SuperLink database
         time.sleep(3)  # round 2 is under way
         facts["rounds_before_crash"] = [r["round"] for r in _rounds(deployment)]
