@@ -109,8 +109,8 @@ def build_strategy(fed: FederationConfig, plan: Sampling) -> Strategy:
 def with_privacy(strategy: Strategy, fed: FederationConfig, plan: Sampling) -> Strategy:
     """Flower's client-side fixed-clipping DP around `strategy` when federation.dp_clipping_norm is set.
 
-    Devices clip their update to the norm the server sends (client/privacy.py runs Flower's
-    fixedclipping_mod); the wrapper adds Gaussian noise of std noise_multiplier * norm /
+    Devices clip their update to the norm the server sends (client/privacy.py clips with Flower's
+    compute_clip_model_update); the wrapper adds Gaussian noise of std noise_multiplier * norm /
     sampled devices to the aggregate. The mod compares full weights key by key with what the
     device received, so the fp16 delta encoding and the frozen-backbone subset are refused.
     """

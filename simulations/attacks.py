@@ -54,7 +54,7 @@ def attack_mod(attackers: Mapping[int, str], factor: float = 100.0) -> Mod:
         encoding = encoding_for(message_config(message).federation.fp16)
         update = {k: a.numpy() for k, a in reply.content[ARRAYS].items()}
         poisoned = poison(update, received_arrays(message), encoding, kind, factor)
-        reply.content[ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in poisoned.items()})
+        reply.content[ARRAYS] = ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in poisoned.items()})
         return reply
 
     return mod
