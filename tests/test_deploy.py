@@ -72,7 +72,7 @@ def scenario(tmp_path_factory):
         run_id = deployment.submit()
         victim = deployment.devices[2]
         # device 2 is killed while it trains in round 1 (its ClientApp has received the message)
-        _wait(lambda: "train" in _log(deployment, "supernode2.log").split("=== ")[-1].lower(), 180,
+        _wait(lambda: "receiving: train message" in _log(deployment, "supernode2.log").lower(), 180,
               "device 2 to receive its round-1 training message")
         deployment.kill_supernode(victim)
         facts["killed_at"] = time.monotonic()
