@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,30 @@ TOLERANCE = 0.02  # acc1_5 points (as a fraction) a robust arm may lose against 
 
 
 def acc(results: dict, which: str) -> float:
+    """Mean acc1_5 over users; a model that scores every crop NaN picks no crop: 0."""
+    if results.get("model_broken"):
+        return 0.0
     return float(results["evaluation"][which]["summary"]["acc1_5"]["mean"])
+
+
+def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attacked: bool) -> dict:
+    """Simulate + evaluate one arm (cached in out/results.json); a destroyed model is recorded as such."""
+    if (out / "results.json").is_file():
+        return json.loads((out / "results.json").read_text())
+    if out.exists():  # an interrupted earlier attempt
+        shutil.rmtree(out)
+    plan = SimulationPlan(config=config, data_dir=data, out_dir=out, users=users, holdout=[], init_model=pre)
+    start = time.perf_counter()
+    try:
+        results = json.loads(run(plan, evaluate=True, client_mods=[attack_mod(ATTACKERS)] if attacked else [])
+                             .read_text())
+    except ValueError as exc:  # the evaluation refuses NaN scores: the poisoned model is destroyed
+        if "non-finite prediction" not in str(exc):
+            raise
+        results = {"model_broken": True, "error": str(exc), "timing": {}}
+    results["timing"]["arm_seconds"] = time.perf_counter() - start
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 
 def main() -> int:
@@ -76,17 +100,10 @@ def main() -> int:
         strategy, overrides, attacked = ARMS[name]
         arm_config = load_config(args.config, overrides={**base, "federation.strategy": strategy, **overrides})
         out = args.work / name
-        if (out / "results.json").is_file():
-            results = json.loads((out / "results.json").read_text())
-        else:
-            plan = SimulationPlan(config=arm_config, data_dir=args.data, out_dir=out, users=users, holdout=[],
-                                  init_model=pre)
-            start = time.perf_counter()
-            mods = [attack_mod(ATTACKERS)] if attacked else []
-            results = json.loads(run(plan, evaluate=True, client_mods=mods).read_text())
-            results["timing"]["arm_seconds"] = time.perf_counter() - start
+        results = run_arm(out, arm_config, args.data, users, pre, attacked)
         rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines() if line.strip()]
         arms[name] = {"strategy": strategy, "overrides": overrides, "attacked": attacked,
+                      "model_broken": results.get("model_broken"),
                       "generic_acc1_5": acc(results, "generic"), "personalized_acc1_5": acc(results, "personalized"),
                       "rejected_nonfinite": sum(r.get("rejected_nonfinite", 0) for r in rounds),
                       "rejected_norm": sum(r.get("rejected_norm", 0) for r in rounds),
