@@ -98,9 +98,10 @@ def build_strategy(fed: FederationConfig, plan: Sampling) -> Strategy:
     cls = STRATEGY_CLASSES[fed.strategy]
     try:
         strategy = cls(fraction_train=plan.fraction_train, fraction_evaluate=plan.fraction_evaluate,
-                   min_train_nodes=plan.train_devices, min_evaluate_nodes=plan.eval_devices,
-                   min_available_nodes=max(plan.train_devices, plan.eval_devices), weighted_by_key=NUM_EXAMPLES,
-                   arrayrecord_key=ARRAYS, configrecord_key=CONFIG, **strategy_arguments(fed))
+                       min_train_nodes=plan.train_devices, min_evaluate_nodes=plan.eval_devices,
+                       min_available_nodes=max(plan.train_devices, plan.eval_devices),
+                       weighted_by_key=NUM_EXAMPLES, arrayrecord_key=ARRAYS, configrecord_key=CONFIG,
+                       **strategy_arguments(fed))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"federation.strategy_args: {cls.__name__} refused them ({exc})") from None
     return with_privacy(strategy, fed, plan)
