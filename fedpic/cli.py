@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "pic_core.data.synthetic",
     "simulations.cli",
     "simulations.simulate",
+    "server.deploy_cli",
 )
 """Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""
 

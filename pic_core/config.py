@@ -85,7 +85,7 @@ class FederationConfig:
     eval_devices: int = 0  # > 0: devices evaluated per evaluation round; 0: use eval_fraction
     eval_fraction: float = 1.0
     min_replies: int = 1  # fewer valid updates than this: the round keeps the previous model
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg (Flower's classes)
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum (Flower's classes)
     strategy_args: dict[str, Any] = field(default_factory=dict)  # extra arguments of that class, e.g. {eta: 0.01}
     local_epochs: int = 1  # epochs over the device's prior images for the shared part
     personal_epochs: int = 5  # epochs of d_u (+ personal head) before the shared part
@@ -99,6 +99,8 @@ class FederationConfig:
     max_update_norm: Optional[float] = None  # reject updates whose L2 norm exceeds this
     outlier_factor: float = 10.0  # reject updates above factor x the round's median norm (0: off)
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
+    dp_clipping_norm: Optional[float] = None  # > 0: Flower's client-side fixed-clipping DP (needs fp16 and
+    dp_noise_multiplier: float = 0.0  # freeze_backbone off: the clipping mod sees full weights of every key)
     population: Optional[int] = None  # simulation: use the first N users of the dataset (default all)
     cpus_per_device: float = 1.0  # simulation: Ray CPUs per device (devices running at once = cores / this)
     threads_per_device: int = 1  # torch threads inside each simulated device
@@ -117,7 +119,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
 
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
@@ -218,6 +220,8 @@ def load_config(path: Optional[Union[str, Path]] = None, cls: type = Config, ove
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:  # found by tests/test_fuzz_readers.py
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

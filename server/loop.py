@@ -152,6 +152,9 @@ class Federation:
                                                       self.grid))
         received = self.arrays
         replies = self._send(messages)
+        if len(replies) < len(messages):  # devices that crashed or vanished: the round goes on without them
+            log.warning("round %d: %d of %d sampled devices sent no reply within %.0fs", server_round,
+                        len(messages) - len(replies), len(messages), self.fed.round_timeout)
         screening = screen_replies(replies, received, self.encoding, self.fed.max_update_norm,
                                    self.fed.outlier_factor)
         aggregated, train_metrics = False, {}
@@ -169,7 +172,8 @@ class Federation:
                         len(screening.accepted), self.fed.min_replies)
         uploads = screening.upload_bytes
         return {
-            "sampled": len(messages), "replies": len(replies), **screening.counts(), "aggregated": aggregated,
+            "sampled": len(messages), "replies": len(replies), "missing": len(messages) - len(replies),
+            **screening.counts(), "aggregated": aggregated,
             "train": train_metrics, "train_seconds": time.perf_counter() - start,
             "upload_bytes_mean": float(np.mean(uploads)) if uploads else None,
             "upload_bytes_max": int(max(uploads)) if uploads else None,

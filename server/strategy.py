@@ -1,6 +1,7 @@
 """The aggregation strategy, picked by name from the config: Flower's own classes, configured.
 
-fedavg, fedprox, fedadam, fedmedian and fedtrimmedavg map to flwr.serverapp.strategy.
+fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg and krum map to flwr.serverapp.strategy;
+`federation.dp_clipping_norm` wraps the result in Flower's client-side fixed-clipping DP.
 Sampling comes from the federation section (devices per round or a fraction of the
 population); `federation.strategy_args` passes the class's own arguments (proximal_mu,
 eta, beta_1, tau, beta...), checked against its signature. The server state a strategy
@@ -14,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedMedian, \
+    FedProx, FedTrimmedAvg, Krum, Strategy
 
 from pic_core.config import ConfigError, FederationConfig
 from pic_core.exchange import ARRAYS, CONFIG, NUM_EXAMPLES
@@ -25,12 +27,14 @@ STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
     "fedadam": FedAdam,
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
 }
 
 DEFAULT_ARGS: dict[str, dict[str, Any]] = {
     "fedprox": {"proximal_mu": 0.01},
     # Flower's eta = 0.1 moves every weight by ~0.1 per round: far too much for this model
     "fedadam": {"eta": 1e-3, "eta_l": 1e-3, "tau": 1e-6},
+    "krum": {"num_malicious_nodes": 1},
 }
 """fedpic's defaults where Flower's would be a no-op (mu = 0) or unstable; strategy_args win."""
 
@@ -93,12 +97,34 @@ def build_strategy(fed: FederationConfig, plan: Sampling) -> Strategy:
     """The Flower strategy object for this federation."""
     cls = STRATEGY_CLASSES[fed.strategy]
     try:
-        return cls(fraction_train=plan.fraction_train, fraction_evaluate=plan.fraction_evaluate,
-                   min_train_nodes=plan.train_devices, min_evaluate_nodes=plan.eval_devices,
-                   min_available_nodes=max(plan.train_devices, plan.eval_devices), weighted_by_key=NUM_EXAMPLES,
-                   arrayrecord_key=ARRAYS, configrecord_key=CONFIG, **strategy_arguments(fed))
+        strategy = cls(fraction_train=plan.fraction_train, fraction_evaluate=plan.fraction_evaluate,
+                       min_train_nodes=plan.train_devices, min_evaluate_nodes=plan.eval_devices,
+                       min_available_nodes=max(plan.train_devices, plan.eval_devices),
+                       weighted_by_key=NUM_EXAMPLES, arrayrecord_key=ARRAYS, configrecord_key=CONFIG,
+                       **strategy_arguments(fed))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"federation.strategy_args: {cls.__name__} refused them ({exc})") from None
+    return with_privacy(strategy, fed, plan)
+
+
+def with_privacy(strategy: Strategy, fed: FederationConfig, plan: Sampling) -> Strategy:
+    """Flower's client-side fixed-clipping DP around `strategy` when federation.dp_clipping_norm is set.
+
+    Devices clip their update to the norm the server sends (client/privacy.py clips with Flower's
+    compute_clip_model_update); the wrapper adds Gaussian noise of std noise_multiplier * norm /
+    sampled devices to the aggregate. The mod compares full weights key by key with what the
+    device received, so the fp16 delta encoding and the frozen-backbone subset are refused.
+    """
+    if fed.dp_clipping_norm is None:
+        return strategy
+    if not fed.dp_clipping_norm > 0 or fed.dp_noise_multiplier < 0:
+        raise ConfigError("federation.dp_clipping_norm must be > 0 and dp_noise_multiplier >= 0")
+    if fed.fp16 or fed.freeze_backbone:
+        raise ConfigError("federation.dp_clipping_norm: client-side clipping needs federation.fp16=false and "
+                          "federation.freeze_backbone=false (full weights of every shared key)")
+    return DifferentialPrivacyClientSideFixedClipping(strategy, noise_multiplier=fed.dp_noise_multiplier,
+                                                      clipping_norm=fed.dp_clipping_norm,
+                                                      num_sampled_clients=plan.train_devices)
 
 
 def strategy_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:
