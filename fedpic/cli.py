@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "simulations.cli",
     "simulations.simulate",
     "server.deploy_cli",
+    "simulations.demo",
 )
 """Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""
 

@@ -39,9 +39,10 @@ from server.checkpoint import CHECKPOINT_FILE
 from server.loop import MODEL_FILE
 from server.round_log import LOG_FILE, read_rounds
 
-from .baselines import evaluate_generic, load_users, train_generic
+from .baselines import evaluate_generic, load_users, objective_only, train_generic
 from .experiment import RESULTS_FILE, population_info, results_payload
 from .experiment import write_results as write_payload
+from .gallery import GALLERY_FILE, GalleryRecorder, plan_gallery, user_families
 
 log = logging.getLogger("fedpic.simulate")
 
@@ -151,16 +152,21 @@ def evaluate_population(plan: SimulationPlan, users: Sequence[str], suffix: str 
     shots = config.finetune.shots
     cache = SampleCache(model.config.short_side)
     results = []
+    recorder = GalleryRecorder(plan_gallery(data, plan.data_dir), plan.data_dir, device) if not suffix else None
     if plan.init_model is not None:
         start, meta = load_model(plan.init_model, device)
         if meta.get("stage") == "pre":
             generic = evaluate_generic(start, data, config, shots, cache, device)
             generic.method = f"generic{suffix}"
             results.append(generic)
+            if recorder is not None:
+                recorder.add_generic(objective_only(start))
     results.append(evaluate_users(model, data, config, shots, method=f"federated-generic{suffix}", cache=cache,
                                   personalize=False, device=device))
     results.append(evaluate_users(model, data, config, shots, method=f"federated{suffix}", cache=cache,
-                                  device=device))
+                                  device=device, on_user=recorder))
+    if recorder is not None:
+        recorder.write(plan.out_dir / GALLERY_FILE, "federated", shots, user_families(plan.data_dir))
     return results
 
 

@@ -5,6 +5,7 @@ mid-way and resumed. Every reply a ClientApp sends in the first run is captured 
 client mod (tests/fed_capture.py) and inspected.
 """
 from __future__ import annotations
+import json
 
 import os
 import signal
@@ -88,6 +89,11 @@ def test_results_are_fedpic_results_that_the_report_renders(fed_run):
     (shots,) = payload["shots"]
     assert f"| federated | {shots} |" in text and f"| federated-generic | {shots} |" in text
     assert "## Learning curves (`rounds.jsonl`, 3 rounds)" in text
+    gallery = json.loads((fed_run["out"] / "gallery.json").read_text())
+    assert gallery["method"] == "federated" and gallery["sheets"]
+    tiles = gallery["sheets"][0]["tiles"]
+    assert tiles[0]["label"] == "generic" and {t.get("user") for t in tiles[1:]} <= {"user0", "user1", "user2"}
+    assert "## Crop galleries" in text
 
 
 def test_personal_state_persists_between_rounds_on_each_device(fed_run):
