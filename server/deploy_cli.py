@@ -1,6 +1,6 @@
 """`fedpic deploy`: the federated prior stage on real Flower processes (TLS + authenticated devices).
 
-    fedpic deploy --data runs/demo/data --out runs/deploy --devices 3 --config configs/tiny.yaml \\
+    fedpic deploy --data runs/demo/population --out runs/deploy --devices 3 --config configs/tiny.yaml \\
         --set federation.rounds=2
     fedpic deploy ... --resume       # same folder: same CA, keys, SuperLink database; next round
 

@@ -1,6 +1,6 @@
 """`fedpic simulate`: the federated prior stage over a synthetic (or any) population, end to end.
 
-    fedpic simulate --config configs/demo.yaml --data runs/demo/data --out runs/demo/federated
+    fedpic simulate --config configs/demo.yaml --data runs/demo/population --out runs/demo/federated
     fedpic simulate ... --resume          # continue a stopped run from its last checkpoint
 
 Steps: pre stage on generic.csv (unless --init gives a model file), Flower simulation of
