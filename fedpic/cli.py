@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -13,6 +14,9 @@ COMMAND_MODULES = (
     "pic_core.cli",
     "pic_core.data.synthetic",
     "simulations.cli",
+    "simulations.simulate",
+    "server.deploy_cli",
+    "simulations.demo",
 )
 """Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""
 
@@ -33,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Flower must not pip-install anything at run time (no internet on devices or in CI)
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state-database set-up chatter
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -39,7 +39,8 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     return Path(path)
 
 
-def _read(path: PathLike, expected_format: str) -> dict:
+def read_payload(path: PathLike, expected_format: str) -> dict:
+    """A fedpic file's payload, checked for its format name and version (CheckpointError names the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -88,7 +89,7 @@ def save_model(path: PathLike, model: CropScorer, run_config: Optional[dict] = N
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[CropScorer, dict]:
     """(model in eval mode, metadata) from a model file. Backbone weights are in the file."""
-    payload = _read(path, MODEL_FORMAT)
+    payload = read_payload(path, MODEL_FORMAT)
     try:
         config = from_dict(ModelConfig, payload["model_config"], "model_config")
     except ConfigError as exc:
@@ -142,7 +143,7 @@ def _optional_parts(path: PathLike, model: CropScorer, personal: dict) -> dict:
 
 def load_user_state(path: PathLike, model: CropScorer) -> dict:
     """Load a user state into `model`; warns when it was fitted on a different shared model."""
-    payload = _read(path, USER_STATE_FORMAT)
+    payload = read_payload(path, USER_STATE_FORMAT)
     if payload.get("embed_dim") != model.config.embed_dim:
         raise CheckpointError(f"{path}: user state has embed_dim {payload.get('embed_dim')}, "
                               f"the model has {model.config.embed_dim}")

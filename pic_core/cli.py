@@ -36,6 +36,8 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config)")
     parser.add_argument("--seed", type=int, help="random seed (overrides the config)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip bad rows/images of the dataset with a counted warning instead of stopping")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -64,7 +66,7 @@ def config_from_args(args: argparse.Namespace, cls: type = Config):
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     device = configure_runtime(config)
-    crop_sets = crop_sets_for_pretrain(args.data)
+    crop_sets = crop_sets_for_pretrain(args.data, skip_bad=getattr(args, "skip_bad", False))
     model = _initial_model(args.init, config, device)
     cache = SampleCache(config.model.short_side)
     train_log = pretrain(model, crop_sets, config, cache, device)
@@ -77,7 +79,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_prior(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     device = configure_runtime(config)
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False))
     users = {uid: dataset.user(uid).split("prior") for uid in dataset.user_ids}
     users = {uid: sets for uid, sets in users.items() if sets}
     if not users:
@@ -112,7 +114,7 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
         raise ConfigError("personalize --data: --epochs/--lr are for --crops; use --set finetune.epochs=N "
                           "--set finetune.lr=X")
     model, _ = load_model(args.model, device)
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False))
     sets = dataset.user(args.user).split("train")
     shots = args.shots if args.shots is not None else config.finetune.shots
     sets = sets[:shots] if shots else sets
@@ -138,7 +140,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("evaluate: give --user U (one user) or --all-users (the whole population)")
     if args.user_state:
         load_user_state(args.user_state, model)
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False))
     sets = dataset.user(args.user).split(args.split)
     if not sets:
         raise DataError(f"{args.data}: user {args.user} has no rows with split {args.split!r}")
@@ -155,7 +157,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_population(args: argparse.Namespace, config: Config, model: CropScorer, device) -> int:
     """Batch form: every user personalized from N shots and scored on unseen test images."""
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False))
     users = list(dataset.users())
     shots = args.shots if args.shots is not None else config.finetune.shots
     cache = SampleCache(model.config.short_side)

@@ -72,6 +72,43 @@ class FinetuneConfig:
 
 
 @dataclass
+class FederationConfig:
+    """The federated prior stage (server/, client/, `fedpic simulate`). Data only: no Flower here.
+
+    Each round the server samples devices; each trains its d_u on its `prior` images with the
+    shared model frozen, then the shared model with d_u fixed (FedRep-style), and sends back
+    the SHARED update. Loss weights come from the `prior` section.
+    """
+
+    rounds: int = 10
+    devices_per_round: int = 0  # > 0: sample exactly this many devices; 0: use `fraction`
+    fraction: float = 1.0  # share of the population sampled per round when devices_per_round is 0
+    eval_every: int = 1  # federated evaluation every N rounds (0: never; the last round always)
+    eval_devices: int = 0  # > 0: devices evaluated per evaluation round; 0: use eval_fraction
+    eval_fraction: float = 1.0
+    min_replies: int = 1  # fewer valid updates than this: the round keeps the previous model
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum (Flower's classes)
+    strategy_args: dict[str, Any] = field(default_factory=dict)  # extra arguments of that class, e.g. {eta: 0.01}
+    local_epochs: int = 1  # epochs over the device's prior images for the shared part
+    personal_epochs: int = 5  # epochs of d_u (+ personal head) before the shared part
+    lr: float = 1.0e-3  # device Adam lr for the shared part
+    personal_lr: float = 1.0e-2  # device Adam lr for d_u
+    personal_l2: float = 0.0  # pull d_u towards 0 during the federated rounds
+    max_images: Optional[int] = None  # cap on prior images a device uses per round
+    fp16: bool = True  # upload float16 deltas instead of float32 weights
+    freeze_backbone: bool = True  # keep the backbone taps from pre fixed; upload the heads only
+    cache_features: bool = True  # with a frozen backbone, keep its outputs on the device's disk
+    max_update_norm: Optional[float] = None  # reject updates whose L2 norm exceeds this
+    outlier_factor: float = 10.0  # reject updates above factor x the round's median norm (0: off)
+    round_timeout: float = 3600.0  # seconds the server waits for a round's replies
+    dp_clipping_norm: Optional[float] = None  # > 0: Flower's client-side fixed-clipping DP (needs fp16 and
+    dp_noise_multiplier: float = 0.0  # freeze_backbone off: the clipping mod sees full weights of every key)
+    population: Optional[int] = None  # simulation: use the first N users of the dataset (default all)
+    cpus_per_device: float = 1.0  # simulation: Ray CPUs per device (devices running at once = cores / this)
+    threads_per_device: int = 1  # torch threads inside each simulated device
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -81,12 +118,16 @@ class Config:
     pre: PreConfig = field(default_factory=PreConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "prior.schedule": ("interleaved", "sequential"),
     "finetune.mode": ("fast", "full"),
+    "federation.strategy": STRATEGIES,
 }
 
 
@@ -181,6 +222,8 @@ def load_config(path: Optional[Union[str, Path]] = None, cls: type = Config, ove
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:  # found by tests/test_fuzz_readers.py
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -150,8 +150,11 @@ class CropScorer(nn.Module):
 
     # -- stages of a forward pass, exposed so the fast paths can cache between them --
     def encode(self, images: Tensor) -> ImageEncoding:
-        fused = self.backbone.fused_taps(images)
-        return ImageEncoding(self.backbone.reduce(fused), self.attention(fused), tuple(images.shape[-2:]))
+        return self.encode_taps(self.backbone.fused_taps(images), tuple(images.shape[-2:]))
+
+    def encode_taps(self, fused: Tensor, image_size: tuple[int, int]) -> ImageEncoding:
+        """The rest of encode() from the backbone's fused taps (cached when the backbone is frozen)."""
+        return ImageEncoding(self.backbone.reduce(fused), self.attention(fused), tuple(image_size))
 
     def head_inputs(self, encoding: ImageEncoding, boxes: Tensor) -> HeadInputs:
         aligned = roi_rod_align(encoding.feature_map, boxes, 1.0 / 16, self.config.align_size)
@@ -166,6 +169,19 @@ class CropScorer(nn.Module):
             return module(x)
         weights = {n: p + offsets[offset_key(f"{name}.{n}")] for n, p in module.named_parameters()}
         return functional_call(module, weights, (x,), strict=False)
+
+    @torch.no_grad()
+    def drop_offsets(self, apply: bool) -> None:
+        """For a scoring-only copy: add the user's head offsets into the weights (`apply`) or not
+        (the generic model), then drop them, so scoring runs the plain modules."""
+        offsets = self.personal.offsets
+        if offsets is None:
+            return
+        if apply:
+            for name in HEAD_MODULES:
+                for n, p in getattr(self, name).named_parameters():
+                    p.add_(offsets[offset_key(f"{name}.{n}")])
+        self.personal.offsets = None
 
     def head_features(self, inputs: HeadInputs, personal: bool = True) -> CropFeatures:
         """The crop head on aligned features (objective score, h_k, g_k)."""

@@ -16,8 +16,16 @@ from torch import nn
 from .model import PERSONAL_PREFIX
 
 
+BACKBONE_TAP_PREFIXES = ("backbone.stage3.", "backbone.stage4.", "backbone.stage5.")
+"""The MobileNetV2 stages before the fused taps: what `freeze_backbone` holds fixed after pre."""
+
+
 def is_personal(key: str) -> bool:
     return key.startswith(PERSONAL_PREFIX)
+
+
+def is_backbone_tap(key: str) -> bool:
+    return key.startswith(BACKBONE_TAP_PREFIXES)
 
 
 def shared_keys(model: nn.Module) -> list[str]:
@@ -73,7 +81,7 @@ def to_numpy(state: Mapping[str, torch.Tensor]) -> "OrderedDict[str, np.ndarray]
 
 
 def from_numpy(arrays: Mapping[str, np.ndarray]) -> "OrderedDict[str, torch.Tensor]":
-    return OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in arrays.items())
+    return OrderedDict((k, torch.from_numpy(np.require(v, requirements="C"))) for k, v in arrays.items())
 
 
 def num_bytes(state: Mapping[str, torch.Tensor | np.ndarray]) -> int:

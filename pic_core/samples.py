@@ -22,12 +22,23 @@ from .geometry import to_resized
 @dataclass
 class Sample:
     name: str
-    image: Tensor  # (3, H, W) normalized network input
+    image: Optional[Tensor]  # (3, H, W) normalized network input; None when `taps` stand in for it
     boxes: Tensor  # (M, 5) [0, x1, y1, x2, y2] in network-input pixels
     scores: Tensor  # (M,) raw target scores
     original_size: tuple[int, int]
     user: int = -1  # row in a user table (prior stage), -1 when not used
     annotator_labels: Optional[Tensor] = None  # (M,) pretext labels, CPC-style data only
+    taps: Optional[Tensor] = None  # (C_taps, H/16, W/16) backbone output of a frozen backbone, cached
+    input_size: Optional[tuple[int, int]] = None  # (H, W) of the network input; needed with `taps`
+
+    @property
+    def network_size(self) -> tuple[int, int]:
+        """(H, W) of the network input, from the image or from the recorded size."""
+        if self.image is not None:
+            return tuple(self.image.shape[-2:])
+        if self.input_size is None:
+            raise ValueError(f"sample {self.name}: neither an image nor an input size")
+        return tuple(self.input_size)
 
 
 def boxes_with_batch(boxes: np.ndarray, batch_index: int = 0) -> Tensor:

@@ -6,9 +6,10 @@ FedRep-style rounds, so central and federated training run the same code.
 """
 from __future__ import annotations
 
+import copy
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from .config import Config
 from .data.records import CropSet
 from .losses import crop_loss
 from .metrics import crop_metrics
-from .model import CropFeatures, CropScorer, HeadInputs
+from .model import CropFeatures, CropScorer, HeadInputs, ImageEncoding
 from .params import trainable_shared_parameters
 from .samples import Sample, SampleCache
 
@@ -31,6 +32,7 @@ class TrainLog:
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    optimizer_state: Optional[dict] = None  # the optimizer's state_dict at the end (train_personal)
 
     def as_dict(self) -> dict:
         return {"stage": self.stage, "epoch_losses": self.epoch_losses, "seconds": round(self.seconds, 3),
@@ -64,6 +66,32 @@ def _epoch_order(count: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(count)
 
 
+def encode_sample(model: CropScorer, sample: Sample, device: Optional[torch.device] = None) -> ImageEncoding:
+    """The backbone pass on the sample's image, or the rest of it from cached taps when it has them."""
+    device = device or next(model.parameters()).device
+    if sample.taps is not None:
+        return model.encode_taps(sample.taps[None].to(device, torch.float32), sample.network_size)
+    return model.encode(sample.image[None].to(device))
+
+
+@torch.no_grad()
+def backbone_taps(model: CropScorer, sample: Sample, device: Optional[torch.device] = None,
+                  dtype: torch.dtype = torch.float16) -> Tensor:
+    """The backbone's fused taps of one sample's image (eval mode), on the CPU in `dtype`."""
+    device = device or next(model.parameters()).device
+    was_training = model.backbone.training
+    model.backbone.eval()
+    try:
+        return model.backbone.fused_taps(sample.image[None].to(device))[0].to("cpu", dtype)
+    finally:
+        model.backbone.train(was_training)
+
+
+def with_taps(sample: Sample, taps: Tensor) -> Sample:
+    """The same sample carrying cached taps instead of its image (a frozen backbone's fast path)."""
+    return replace(sample, image=None, taps=taps, input_size=sample.network_size)
+
+
 def run_epochs(model: CropScorer, samples: Sequence[Sample], parameters: Iterable[nn.Parameter], *, epochs: int,
                lr: float, rank_weight: float, smooth_l1_weight: float, weight_decay: float = 0.0, seed: int = 0,
                stage: str = "train", progress: bool = True, device: Optional[torch.device] = None,
@@ -85,7 +113,7 @@ def run_epochs(model: CropScorer, samples: Sequence[Sample], parameters: Iterabl
         total = 0.0
         for index in _epoch_order(len(samples), rng):
             sample = samples[index]
-            features = model.crop_features(model.encode(sample.image[None].to(device)), sample.boxes.to(device),
+            features = model.crop_features(encode_sample(model, sample, device), sample.boxes.to(device),
                                            personal=personal)
             delta = delta_for(sample) if delta_for is not None else None
             pred = model.combine(features, delta, personal=personal, subjective=subjective)
@@ -184,7 +212,8 @@ def cached_head_inputs(model: CropScorer, samples: Sequence[Sample],
     """Aligned features of every sample in eval mode: the backbone runs once per image."""
     device = device or next(model.parameters()).device
     model.eval()
-    return [model.head_inputs(model.encode(s.image[None].to(device)), s.boxes.to(device)).detach() for s in samples]
+    return [model.head_inputs(encode_sample(model, s, device), s.boxes.to(device)).detach()
+            for s in samples]
 
 
 @torch.no_grad()
@@ -197,7 +226,8 @@ def cached_crop_features(model: CropScorer, samples: Sequence[Sample], device: O
 def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int, lr: float, rank_weight: float,
                    smooth_l1_weight: float, delta_l2: float = 0.0, seed: int = 0, progress: bool = False,
                    device: Optional[torch.device] = None,
-                   features: Optional[Sequence[CropFeatures]] = None, head_lr: float = 0.0,
+                   features: Optional[Sequence[CropFeatures]] = None,
+                   optimizer_state: Optional[dict] = None, head_lr: float = 0.0,
                    head_inputs: Optional[Sequence[HeadInputs]] = None) -> TrainLog:
     """Fast path: fit the PERSONAL parameters with everything shared frozen, on cached features.
 
@@ -206,6 +236,8 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
     features (`head_inputs`), which is what closes the gap to fine-tuning every weight; with
     head_lr = 0 the score is linear in d_u given cached crop features (`features`). Either way
     the backbone runs once per image and the rest costs well under a second on a CPU.
+    `optimizer_state` continues an earlier call's Adam moments (a device keeps them between
+    federated rounds); the final state is returned in the log.
     """
     log = TrainLog("personal")
     if not samples or epochs <= 0:
@@ -224,6 +256,10 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
         device_of = cached[0].objective.device
     targets = [s.scores.to(device_of) for s in samples]
     optimizer = torch.optim.Adam(groups, lr=lr)
+    if optimizer_state:
+        optimizer.load_state_dict(copy.deepcopy(optimizer_state))  # load keeps references to its input
+        for group, group_lr in zip(optimizer.param_groups, (lr, head_lr)):
+            group["lr"] = group_lr
     rng = np.random.default_rng(seed)
     model.eval()  # BatchNorm on running statistics, no dropout: the cached features were computed so
     for _ in tqdm(range(epochs), desc="personalize", disable=not progress, leave=False):
@@ -240,20 +276,32 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
             log.steps += 1
         log.epoch_losses.append(total / len(samples))
     log.seconds = time.perf_counter() - start
+    log.optimizer_state = copy.deepcopy(optimizer.state_dict())  # state_dict() holds live references
     return log
 
 
 def train_shared(model: CropScorer, samples: Sequence[Sample], *, epochs: int, lr: float, rank_weight: float,
                  smooth_l1_weight: float, weight_decay: float = 0.0, seed: int = 0, progress: bool = False,
-                 device: Optional[torch.device] = None, exclude_prefixes: Sequence[str] = ()) -> TrainLog:
-    """The SHARED weights on one user's images, with that user's d_u held fixed."""
+                 device: Optional[torch.device] = None, exclude_prefixes: Sequence[str] = (),
+                 proximal_mu: float = 0.0) -> TrainLog:
+    """The SHARED weights on one user's images, with that user's d_u held fixed.
+
+    proximal_mu > 0 adds (mu / 2) * ||w - w_start||^2 over the trained weights (FedProx's
+    local objective: w_start is the global model the round began from).
+    """
     parameters = trainable_shared_parameters(model, exclude_prefixes)
+    extra = None
+    if proximal_mu > 0:
+        anchors = [p.detach().clone() for p in parameters]
+
+        def extra(_features: CropFeatures, _sample: Sample) -> Tensor:
+            return 0.5 * proximal_mu * sum((p - a).pow(2).sum() for p, a in zip(parameters, anchors))
     for p in model.personal.parameters():
         p.requires_grad_(False)
     try:
         return run_epochs(model, samples, parameters, epochs=epochs, lr=lr, rank_weight=rank_weight,
                           smooth_l1_weight=smooth_l1_weight, weight_decay=weight_decay, seed=seed, stage="shared",
-                          progress=progress, device=device)
+                          progress=progress, device=device, extra_loss=extra)
     finally:
         for p in model.personal.parameters():
             p.requires_grad_(True)

@@ -1,2 +1,2 @@
-"""Population experiments on one machine: baselines, the centralized comparison, reports
-(and the federated simulation runner)."""
+"""Population experiments on one machine: baselines, the centralized comparison, the federated
+simulation runner and reports."""

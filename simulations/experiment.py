@@ -164,8 +164,8 @@ def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[s
                        "gallery": GALLERY_FILE}}
     payload = results_payload(results, kind="centralized", data_dir=data_dir, config=config, extra=extra)
     write_results(out_dir / RESULTS_FILE, payload)
-    gallery = recorder.as_dict("centralized" if "centralized" in methods else "generic", shots[0], families)
-    atomic_write_text(out_dir / GALLERY_FILE, json.dumps(json_safe(gallery), indent=1) + "\n")
+    recorder.write(out_dir / GALLERY_FILE, "centralized" if "centralized" in methods else "generic", shots[0],
+                   families)
     log.info("wrote %s", out_dir / RESULTS_FILE)
     return payload
 

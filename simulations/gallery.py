@@ -21,12 +21,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from pic_core.atomic import atomic_write_text
 from pic_core.cropper import Cropper
 from pic_core.data.images import load_image
 from pic_core.data.records import CropSet, DataError, UserData
 from pic_core.data.scenes import Scene
 from pic_core.data.tastes import Taste
 from pic_core.model import CropScorer
+from pic_core.protocol import json_safe
 from pic_core.visualize import contact_sheet, draw_boxes
 
 log = logging.getLogger("fedpic.gallery")
@@ -122,7 +124,7 @@ class GalleryRecorder:
         return self._images[photo.name]
 
     def _top1(self, scorer: CropScorer, photo: CropSet, personal: bool) -> list[float]:
-        scores = Cropper(scorer, self.device, personal=personal).score(self._image(photo), photo.boxes)
+        scores = Cropper.from_model(scorer, self.device, personal=personal).score(self._image(photo), photo.boxes)
         return _box(photo.boxes[int(np.argmax(scores))])
 
     def add_generic(self, scorer: CropScorer, label: str = "generic") -> None:
@@ -142,6 +144,10 @@ class GalleryRecorder:
     def as_dict(self, method: str, shots: int, families: dict[str, str]) -> dict:
         return {"format": GALLERY_FORMAT, "format_version": 1, "method": method, "shots": shots,
                 "data": str(self.data_dir), "families": families, "sheets": [s.as_dict() for s in self.sheets]}
+
+    def write(self, path: Path, method: str, shots: int, families: dict[str, str]) -> Path:
+        """gallery.json for `fedpic report` (atomic)."""
+        return atomic_write_text(path, json.dumps(json_safe(self.as_dict(method, shots, families)), indent=1) + "\n")
 
 
 def _box(box: np.ndarray) -> list[float]:

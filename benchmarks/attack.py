@@ -1,0 +1,132 @@
+"""Benchmark: poisoned updates against update screening and robust aggregation.
+
+10 devices per round (the first 10 users of the population, all sampled every round); in the
+attacked arms device 3 sends its update scaled x100 and device 7 sends NaN. Arms:
+  clean-fedavg              no attacker (the reference)
+  attacked-fedavg-noscreen  FedAvg with the norm screening off (federation.outlier_factor=0);
+                            non-finite updates are always rejected, so the x100 update gets in
+  attacked-fedavg           FedAvg with fedpic's default screening (10x the median norm)
+  attacked-<robust>         fedmedian / fedtrimmedavg (beta 0.2) / krum, norm screening off:
+                            the aggregator alone has to absorb the x100 update
+Every arm starts from the same pre-stage model and is evaluated with the evaluation protocol
+(generic and few-shot personalized acc1_5 over the 10 users). Writes runs/bench/attack.json.
+
+    python benchmarks/attack.py [--data /work/main/runs/pop40] [--config configs/tiny.yaml] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+from pic_core.config import load_config  # noqa: E402
+from pic_core.data.dataset import Dataset  # noqa: E402
+from simulations.attacks import attack_mod  # noqa: E402
+from simulations.federated import SimulationPlan, pretrain_model, split_population  # noqa: E402
+from simulations.simulate import run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACKERS = {3: "scale", 7: "nan"}
+ARMS = {
+    "clean-fedavg": ("fedavg", {}, False),
+    "attacked-fedavg-noscreen": ("fedavg", {"federation.outlier_factor": 0}, True),
+    "attacked-fedavg": ("fedavg", {}, True),
+    "attacked-fedmedian": ("fedmedian", {"federation.outlier_factor": 0}, True),
+    "attacked-fedtrimmedavg": ("fedtrimmedavg", {"federation.outlier_factor": 0,
+                                                 "federation.strategy_args": {"beta": 0.2}}, True),
+    "attacked-krum": ("krum", {"federation.outlier_factor": 0,
+                               "federation.strategy_args": {"num_malicious_nodes": 2}}, True),
+}
+TOLERANCE = 0.02  # acc1_5 points (as a fraction) a robust arm may lose against the clean run
+
+
+def acc(results: dict, which: str) -> float:
+    """Mean acc1_5 over users; a model that scores every crop NaN picks no crop: 0."""
+    if results.get("model_broken"):
+        return 0.0
+    return float(results["evaluation"][which]["summary"]["acc1_5"]["mean"])
+
+
+def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attacked: bool) -> dict:
+    """Simulate + evaluate one arm (cached in out/results.json); a destroyed model is recorded as such."""
+    if (out / "results.json").is_file():
+        return json.loads((out / "results.json").read_text())
+    if out.exists():  # an interrupted earlier attempt
+        shutil.rmtree(out)
+    plan = SimulationPlan(config=config, data_dir=data, out_dir=out, users=users, holdout=[], init_model=pre)
+    start = time.perf_counter()
+    try:
+        results = json.loads(run(plan, evaluate=True, client_mods=[attack_mod(ATTACKERS)] if attacked else [])
+                             .read_text())
+    except ValueError as exc:  # the evaluation refuses NaN scores: the poisoned model is destroyed
+        if "non-finite prediction" not in str(exc):
+            raise
+        results = {"model_broken": True, "error": str(exc), "timing": {}}
+    results["timing"]["arm_seconds"] = time.perf_counter() - start
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("/work/main/runs/pop40"))
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--devices", type=int, default=10)
+    parser.add_argument("--arms", nargs="*", default=list(ARMS))
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "attack")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "attack.json")
+    args = parser.parse_args()
+
+    base = {"federation.rounds": args.rounds, "federation.population": args.devices, "federation.fraction": 1.0,
+            "federation.eval_every": 0, "federation.personal_epochs": 2, "federation.max_images": 8,
+            "federation.cpus_per_device": 1.0, "pre.epochs": 1, "progress": False}
+    config = load_config(args.config, overrides=dict(base))
+    users, holdout = split_population(Dataset(args.data), args.devices)
+    args.work.mkdir(parents=True, exist_ok=True)
+    pre = args.work / "pre.pt"
+    if not pre.is_file():
+        plan = SimulationPlan(config=config, data_dir=args.data, out_dir=args.work, users=users, holdout=holdout)
+        pretrain_model(plan)
+    arms = {}
+    for name in args.arms:
+        strategy, overrides, attacked = ARMS[name]
+        arm_config = load_config(args.config, overrides={**base, "federation.strategy": strategy, **overrides})
+        out = args.work / name
+        results = run_arm(out, arm_config, args.data, users, pre, attacked)
+        rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines() if line.strip()]
+        arms[name] = {"strategy": strategy, "overrides": overrides, "attacked": attacked,
+                      "model_broken": results.get("model_broken"),
+                      "generic_acc1_5": acc(results, "generic"), "personalized_acc1_5": acc(results, "personalized"),
+                      "rejected_nonfinite": sum(r.get("rejected_nonfinite", 0) for r in rounds),
+                      "rejected_norm": sum(r.get("rejected_norm", 0) for r in rounds),
+                      "seconds": results["timing"].get("arm_seconds")}
+        print(f"{name:>26}: generic acc1_5 {arms[name]['generic_acc1_5']:.3f}  personalized "
+              f"{arms[name]['personalized_acc1_5']:.3f}  rejected nan/norm {arms[name]['rejected_nonfinite']}/"
+              f"{arms[name]['rejected_norm']}", flush=True)
+    clean = arms.get("clean-fedavg")
+    if clean:
+        for arm in arms.values():
+            for which in ("generic_acc1_5", "personalized_acc1_5"):
+                arm[f"{which}_drop"] = clean[which] - arm[which]
+            arm["within_tolerance"] = all(arm[f"{w}_drop"] <= TOLERANCE for w in ("generic_acc1_5",
+                                                                                  "personalized_acc1_5"))
+    payload = {"benchmark": "attack", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": str(args.data),
+               "config": str(args.config), "devices": args.devices, "rounds": args.rounds,
+               "attackers": {str(k): v for k, v in ATTACKERS.items()}, "scale_factor": 100.0,
+               "tolerance": TOLERANCE, "arms": arms}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

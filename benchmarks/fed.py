@@ -1,0 +1,288 @@
+"""Benchmark: federated fedpic against centralized PIC, its upload size, and a 1000-device run.
+
+Quality (the demo population: synthetic default, 40 users, demo config): --work is a run
+folder like `fedpic baselines` writes (methods generic, prior, centralized from the report's
+baselines module: pre.pt, prior.pt, results.json); `fedpic simulate` then starts from the
+same pre.pt into --work/federated, so `fedpic report --work` shows both. Every figure comes from
+pic_core.protocol.evaluate_users (few-shot personalization on the train split, acc1_5 on
+unseen test images); "generic" is the larger of the pre model's objective score and the
+federated model's d_u = 0 score. Targets: federated within 2 points of centralized PIC,
+and at least 13 points over generic.
+
+Communication: mean bytes a device uploads per round (from rounds.jsonl) over the full fp32
+model's bytes; target <= 25%.
+
+Scale: 1000 simulated devices (a synthetic population with few images each), 10 sampled
+per round, 3 rounds; wall time per round and the peak memory of the whole process tree
+(this process, Ray's daemons and workers: summed RSS, and PSS where the kernel reports it);
+target <= 6 GB.
+
+    python benchmarks/fed.py [--config configs/demo.yaml] [--work runs/bench/fed]
+                             [--out runs/bench/fed.json] [--skip-quality] [--skip-scale]
+
+The dataset and the centralized run are reused from --work when present; the federated
+runs are always fresh.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pic_core.cli import parse_overrides  # noqa: E402
+from pic_core.config import Config, load_config  # noqa: E402
+from pic_core.data.synthetic import PopulationSpec, generate  # noqa: E402
+from server.round_log import read_rounds  # noqa: E402
+from pic_core.checkpoint import load_model, save_model  # noqa: E402
+from pic_core.config import to_dict  # noqa: E402
+from pic_core.data.dataset import Dataset  # noqa: E402
+from pic_core.samples import SampleCache  # noqa: E402
+from pic_core.train import configure_runtime  # noqa: E402
+from simulations.baselines import evaluate_centralized, evaluate_generic, evaluate_prior, load_users, \
+    train_generic, train_prior_model  # noqa: E402
+from simulations.experiment import PRE_MODEL, PRIOR_MODEL, RESULTS_FILE, read_results, results_payload, \
+    write_results  # noqa: E402
+from simulations.simulate import run_simulation  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"max_gap_to_central_points": 2.0, "min_gain_over_generic_points": 13.0, "max_upload_fraction": 0.25,
+           "max_peak_memory_gb": 6.0}
+GB = 1024 ** 3
+
+
+class MemorySampler:
+    """Peak memory of this process and all its descendants, sampled from /proc (Linux)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_pss = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _children() -> dict[int, list[int]]:
+        tree: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                tree.setdefault(ppid, []).append(int(entry))
+        return tree
+
+    @staticmethod
+    def _field(path: str, name: str) -> int:
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    if line.startswith(name):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def sample(self) -> None:
+        tree = self._children()
+        pids, stack = [], [os.getpid()]
+        while stack:
+            pid = stack.pop()
+            pids.append(pid)
+            stack.extend(tree.get(pid, []))
+        rss = sum(self._field(f"/proc/{p}/status", "VmRSS:") for p in pids)
+        pss = sum(self._field(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_pss = max(self.peak_pss, pss)
+        self.peak_processes = max(self.peak_processes, len(pids))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def dataset(folder: Path, spec: PopulationSpec) -> Path:
+    if not (folder / "population.json").is_file():
+        generate(spec, folder, workers=os.cpu_count() or 1, progress=True, force=True)
+    return folder
+
+
+def summary(result: dict, key: str = "acc1_5") -> dict:
+    return result["summary"][key]
+
+
+def by_method(path: Path) -> dict[str, dict]:
+    """method -> its summary, from a "fedpic-results" file."""
+    _, results = read_results(path)
+    return {r.method: r.summary() for r in results}
+
+
+def centralized(config: Config, data: Path, work: Path) -> dict:
+    """Generic, prior (d_u = 0) and centralized PIC by the report's baselines, into --work/results.json.
+
+    The pre model --work/pre.pt is reused when present (it is the federated run's start too)."""
+    if not (work / RESULTS_FILE).is_file():
+        device = configure_runtime(config)
+        dataset = Dataset(data)
+        users = load_users(dataset)
+        cache = SampleCache(config.model.short_side)
+        timing = {}
+        if (work / PRE_MODEL).is_file():
+            pre, _ = load_model(work / PRE_MODEL, device)
+        else:
+            start = time.perf_counter()
+            pre, _ = train_generic(dataset, users, config, cache, device)
+            save_model(work / PRE_MODEL, pre, to_dict(config), "pre")
+            timing["pre_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        prior, _ = train_prior_model(pre, users, config, cache, device)
+        save_model(work / PRIOR_MODEL, prior, to_dict(config), "prior")
+        timing["prior_seconds"] = time.perf_counter() - start
+        shots = config.finetune.shots
+        results = [evaluate_generic(pre, users, config, shots, cache, device),
+                   evaluate_prior(prior, users, config, shots, cache, device),
+                   evaluate_centralized(prior, users, config, shots, cache, device)]
+        write_results(work / RESULTS_FILE, results_payload(results, kind="centralized", data_dir=data, config=config,
+                                                           extra={"shots": [shots], "timing": timing}))
+    return by_method(work / RESULTS_FILE)
+
+
+def federated(config: Config, data: Path, pre: Path, out: Path, reuse: Optional[Path] = None) -> tuple[dict, dict]:
+    """A fresh `fedpic simulate` from the same pre model (or the finished run `reuse` that started
+    from it): (method summaries, the results payload)."""
+    if reuse is not None:
+        path = reuse / RESULTS_FILE
+        payload, _ = read_results(path)
+        if Path(payload["files"]["init_model"]).resolve() != pre.resolve():
+            raise ValueError(f"{path}: started from {payload['files']['init_model']}, not {pre}")
+        payload["peak_rss_bytes"] = None  # not measured here
+        return by_method(path), payload
+    shutil.rmtree(out, ignore_errors=True)
+    with MemorySampler() as memory:
+        path = run_simulation(config, data, out, init_model=pre)
+    payload, _ = read_results(path)
+    payload["peak_rss_bytes"] = memory.peak_rss
+    return by_method(path), payload
+
+
+def quality(config: Config, work: Path, reuse: Optional[Path] = None) -> dict:
+    data = dataset(work / "data", PopulationSpec(seed=0))
+    central = centralized(config, data, work)
+    fed, payload = federated(config, data, work / PRE_MODEL, work / "federated", reuse)
+    rounds_dir = reuse or work / "federated"
+    fed_pic, central_pic = fed["federated"]["acc1_5"], central["centralized"]["acc1_5"]
+    generic = {"generic": central["generic"]["acc1_5"]["mean"],
+               "federated_d_u_0": fed["federated-generic"]["acc1_5"]["mean"]}
+    gap = 100 * (central_pic["mean"] - fed_pic["mean"])
+    gain = 100 * (fed_pic["mean"] - max(generic.values()))
+    communication = payload["communication"]
+    rounds = read_rounds(rounds_dir / "rounds.jsonl")
+    return {
+        "population": payload["users"], "shots": config.finetune.shots, "metric": "acc1_5",
+        "federated": fed_pic, "central_pic": central_pic, "central_prior_d_u_0": central["prior"]["acc1_5"],
+        "generic": generic, "new_devices": {m: v["acc1_5"] for m, v in fed.items() if m.endswith("new-devices")},
+        "gap_to_central_points": gap, "gain_over_generic_points": gain,
+        "learning_curve": [{"round": r["round"], "personalized-acc1_5": (r.get("evaluate") or {}).get(
+            "personalized-acc1_5"), "generic-acc1_5": (r.get("evaluate") or {}).get("generic-acc1_5")}
+            for r in rounds if r.get("evaluate")],
+        "communication": communication,
+        "timing": {"federated": payload["timing"], "centralized": read_results(work / RESULTS_FILE)[0]["timing"]},
+        "federated_run": str(rounds_dir),
+        "federated_peak_rss_gb": payload["peak_rss_bytes"] / GB if payload["peak_rss_bytes"] else None,
+        "pass": {"within_2_points_of_central": gap <= TARGETS["max_gap_to_central_points"],
+                 "13_points_over_generic": gain >= TARGETS["min_gain_over_generic_points"],
+                 "upload_at_most_25_percent": (communication["upload_fraction_of_fp32_model"] or 1.0)
+                 <= TARGETS["max_upload_fraction"]},
+    }
+
+
+def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int, pre: Optional[Path]) -> dict:
+    """Many devices, few sampled: does a round stay cheap and memory bounded?"""
+    data = dataset(work / f"data{devices}", PopulationSpec(users=devices, prior=3, train=0, test=0, seed=1,
+                                                           probe=0))
+    config = copy.deepcopy(config)
+    fed = config.federation
+    fed.rounds, fed.devices_per_round, fed.eval_every, fed.population = rounds, per_round, 0, None
+    out = work / f"scale{devices}"
+    shutil.rmtree(out, ignore_errors=True)
+    if pre is None:
+        config.pre.epochs = 0  # fresh weights: this measures the machinery, not quality
+    start = time.perf_counter()
+    with MemorySampler() as memory:
+        run_simulation(config, data, out, init_model=pre, evaluate=False)
+    records = [r for r in read_rounds(out / "rounds.jsonl") if r["round"] > 0]
+    return {
+        "devices": devices, "devices_per_round": per_round, "rounds": len(records),
+        "round_seconds": [round(r["train_seconds"], 2) for r in records],
+        "accepted_per_round": [r["accepted"] for r in records],
+        "wall_seconds": time.perf_counter() - start,
+        "peak_rss_gb": memory.peak_rss / GB, "peak_pss_gb": memory.peak_pss / GB,
+        "peak_processes": memory.peak_processes,
+        "pass": {"completed": len(records) == rounds and all(r["accepted"] == per_round for r in records),
+                 "peak_memory_at_most_6_gb": memory.peak_pss / GB <= TARGETS["max_peak_memory_gb"]
+                 if memory.peak_pss else memory.peak_rss / GB <= TARGETS["max_peak_memory_gb"]},
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "fed")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "fed.json")
+    parser.add_argument("--skip-quality", action="store_true", help="keep --out's quality section, if any")
+    parser.add_argument("--skip-scale", action="store_true", help="keep --out's scale section, if any")
+    parser.add_argument("--federated-run", type=Path,
+                        help="a finished `fedpic simulate` folder started from --work/pre.pt, used instead of a "
+                             "fresh federated run")
+    parser.add_argument("--scale-devices", type=int, default=1000)
+    parser.add_argument("--scale-per-round", type=int, default=10)
+    parser.add_argument("--scale-rounds", type=int, default=3)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set threads=1 (repeatable)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, overrides={"progress": False, **parse_overrides(args.overrides)})
+    args.work.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "fed", "config": str(args.config), "overrides": args.overrides, "targets": TARGETS,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                          "cuda": torch.cuda.is_available()}}
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report.update({part: earlier[part] for part in ("quality", "scale") if part in earlier})
+    if not args.skip_quality:
+        report["quality"] = quality(config, args.work, args.federated_run)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.skip_scale:
+        pre = args.work / PRE_MODEL if (args.work / PRE_MODEL).is_file() else None
+        report["scale"] = scale(config, args.work, args.scale_devices, args.scale_per_round, args.scale_rounds, pre)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k]["pass"] for k in ("quality", "scale") if k in report}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""What a device does with a round, on its own data (Flower-free, so it can be tested alone).
+
+Training (FedRep-style): load d_u from the state store, fit d_u on the user's `prior`
+images with everything shared frozen (fast path on cached crop features), then train the
+shared part with d_u fixed, save d_u, and return the trained SHARED weights with scalar
+metrics. Evaluation: on the user's `test` images, the generic model (d_u = 0), the model
+personalized by the evaluation protocol (few-shot fine-tuning on the `train` split, as
+`fedpic evaluate --all-users` does) and the model with the d_u the device keeps.
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from pic_core.config import Config
+from pic_core.data import DataError, UserData
+from pic_core.model import CropScorer
+from pic_core.ops import compiled_available
+from pic_core.params import BACKBONE_TAP_PREFIXES, shared_state, to_numpy
+from pic_core.protocol import evaluate_users
+from pic_core.samples import SampleCache
+from pic_core.train import evaluate, train_personal, train_shared
+
+from .features import TapSampleCache
+from .settings import NodeSettings
+from .state_store import PersonalStateStore
+
+EVAL_KEYS = ("acc1_5", "acc_5", "acc_10", "wacc_5", "srcc")
+"""Metrics a device reports per evaluation variant (NaN, e.g. an undefined SRCC, is sent as 0)."""
+EVAL_VARIANTS = ("generic", "personalized", "stored")
+
+
+@dataclass
+class TrainResult:
+    arrays: dict[str, np.ndarray]  # trained SHARED weights, all keys (the caller picks what to send)
+    metrics: dict[str, float]
+
+
+def device_seed(config: Config, server_round: int, user_id: str) -> int:
+    """A seed that differs per round and per user but is the same when a round is re-run."""
+    return (config.seed * 1_000_003 + server_round * 7919 + zlib.crc32(user_id.encode())) % (2 ** 31)
+
+
+def sample_cache(model: CropScorer, config: Config, settings: NodeSettings) -> SampleCache:
+    """Backbone taps (disk-cached when asked) with a frozen backbone, decoded images otherwise."""
+    if config.federation.freeze_backbone:
+        folder = settings.state_dir if config.federation.cache_features else None
+        return TapSampleCache(model, folder, settings.device)
+    return SampleCache(model.config.short_side)
+
+
+def _optimizer_state(extra: dict, model: CropScorer) -> Optional[dict]:
+    """The stored Adam state of d_u, when it matches the current personal parameters."""
+    state = extra.get("optimizer") or None
+    if not state or not state.get("param_groups"):
+        return None
+    count = sum(len(group["params"]) for group in state["param_groups"])
+    return state if count == len(model.personal.embedding_parameters()) else None  # d_u (+ head), not offsets
+
+
+def train_round(model: CropScorer, user: UserData, config: Config, settings: NodeSettings,
+                server_round: int, proximal_mu: float = 0.0) -> TrainResult:
+    """One federated round on this device; `model` holds the received SHARED weights."""
+    fed, prior = config.federation, config.prior
+    sets = user.split("prior")
+    if fed.max_images:
+        sets = sets[: fed.max_images]
+    if not sets:
+        raise DataError(f"{settings.data_dir}: user {user.user_id} has no 'prior' images to train on")
+    start = time.perf_counter()
+    cache = sample_cache(model, config, settings)
+    samples = cache.samples(sets)
+    store = PersonalStateStore(settings.state_dir, user.user_id)
+    extra = store.load(model, for_round=server_round)
+    before = store.snapshot(model, extra)
+    seed = device_seed(config, server_round, user.user_id)
+    personal = train_personal(model, samples, epochs=fed.personal_epochs, lr=fed.personal_lr,
+                              rank_weight=prior.rank_weight, smooth_l1_weight=prior.smooth_l1_weight,
+                              delta_l2=fed.personal_l2, seed=seed, device=settings.device,
+                              optimizer_state=_optimizer_state(extra, model))
+    shared = train_shared(model, samples, epochs=fed.local_epochs, lr=fed.lr, rank_weight=prior.rank_weight,
+                          smooth_l1_weight=prior.smooth_l1_weight, weight_decay=prior.weight_decay, seed=seed,
+                          device=settings.device,
+                          exclude_prefixes=BACKBONE_TAP_PREFIXES if fed.freeze_backbone else (),
+                          proximal_mu=proximal_mu)
+    rounds = [int(r) for r in extra.get("rounds", [])] + [int(server_round)]
+    store.save(model, rounds, personal.optimizer_state, previous=before)
+    if isinstance(cache, TapSampleCache):
+        cache.save()
+    metrics = {
+        "images": float(len(samples)),
+        "loss-personal": _last(personal.epoch_losses),
+        "loss-shared": _last(shared.epoch_losses),
+        "train-seconds": time.perf_counter() - start,
+        "backbone-passes": float(getattr(cache, "computed", len(samples))),
+        "compiled-op": float(compiled_available(settings.device)),  # 1: the device runs fedpic's C++/CUDA op
+    }
+    return TrainResult(to_numpy(shared_state(model)), metrics)
+
+
+def evaluate_round(model: CropScorer, user: UserData, config: Config, settings: NodeSettings) -> dict[str, float]:
+    """Metrics on the user's test images: generic, few-shot personalized, and with the stored d_u."""
+    test = user.split("test")
+    if not test:
+        raise DataError(f"{settings.data_dir}: user {user.user_id} has no 'test' images to evaluate on")
+    cache = sample_cache(model, config, settings)
+    shots = config.finetune.shots
+    results = {
+        "generic": evaluate(model, test, cache, personal=False, device=settings.device),
+        "personalized": evaluate_users(model, [user], config, shots, cache=cache, device=settings.device,
+                                       progress=False).per_user[user.user_id],
+    }
+    store = PersonalStateStore(settings.state_dir, user.user_id)
+    store.load(model)  # d_u = 0 when this device never trained
+    results["stored"] = evaluate(model, test, cache, personal=True, device=settings.device)
+    model.personal.reset()
+    if isinstance(cache, TapSampleCache):
+        cache.save()
+    out = {}
+    for variant in EVAL_VARIANTS:
+        for key in EVAL_KEYS:
+            value = float(results[variant].get(key, math.nan))
+            out[f"{variant}-{key}"] = value if math.isfinite(value) else 0.0
+    return out
+
+
+def _last(values: list[float]) -> float:
+    return float(values[-1]) if values else 0.0
+
+
+def configure_torch(settings: NodeSettings) -> None:
+    """CPU threads for this device process (a simulated device shares the machine)."""
+    if settings.threads > 0 and torch.get_num_threads() != settings.threads:
+        torch.set_num_threads(settings.threads)

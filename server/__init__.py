@@ -1,0 +1,1 @@
+"""fedpic's server side: the Flower ServerApp, strategies, update screening, checkpoints and logs."""

@@ -1,0 +1,228 @@
+"""The federated round loop: sample, train, screen, aggregate, evaluate, log, checkpoint.
+
+Flower's Strategy.start() runs all rounds in one call and keeps nothing on disk, so the
+loop is driven here with the strategy's own configure/aggregate methods: that is what
+makes per-round checkpoints, resume and update screening possible while the aggregation
+itself stays Flower's. Round 0 is the initial model's federated evaluation (learning
+curves start there); rounds 1..federation.rounds train.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from pic_core.checkpoint import CheckpointError, load_model, save_model
+from pic_core.config import Config, ConfigError, to_dict
+from pic_core.exchange import FEDPIC_CONFIG, conform, encoding_for, payload_bytes, upload_keys
+from pic_core.model import CropScorer
+from pic_core.params import from_numpy, load_shared, shared_state, to_numpy
+from pic_core.train import set_seed
+
+from .checkpoint import CHECKPOINT_FILE, ServerState, load_server_state, save_server_state
+from .round_log import LOG_FILE, RoundLog
+from .screening import screen_replies
+from .strategy import Sampling, build_strategy, restore_strategy_state, sampling, strategy_state
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class ServerSettings:
+    config: Config
+    out_dir: Path
+    init_model: Optional[Path] = None  # model file from `fedpic pretrain` (None: fresh weights)
+    resume: bool = False
+    devices: int = 0  # expected population; 0: count the devices that connect
+
+
+def initial_model(settings: ServerSettings) -> CropScorer:
+    """The starting point: the --init model file (its architecture wins) or seeded fresh weights."""
+    if settings.init_model:
+        model, _ = load_model(settings.init_model)
+        return model
+    set_seed(settings.config.seed)
+    if settings.config.federation.freeze_backbone:
+        log.warning("freeze_backbone without an --init model: the backbone stays at its random weights")
+    return CropScorer(settings.config.model).eval()
+
+
+def connected_devices(grid: Grid, expected: int, settle: float = 2.0, timeout: float = 600.0) -> int:
+    """Wait for the expected number of devices, or (expected 0) until the count stops changing."""
+    start = time.monotonic()
+    last, since = -1, time.monotonic()
+    while time.monotonic() - start < timeout:
+        count = len(list(grid.get_node_ids()))
+        if expected > 0 and count >= expected:
+            return expected
+        if expected <= 0 and count > 0 and count == last and time.monotonic() - since >= settle:
+            return count
+        if count != last:
+            last, since = count, time.monotonic()
+        time.sleep(0.2)
+    raise TimeoutError(f"only {last} devices connected after {timeout:.0f}s (expected {expected or 'some'})")
+
+
+def _check_resumable(state: ServerState, config: Config, path: Path) -> None:
+    saved_model = state.config.get("model")
+    if saved_model is not None and saved_model != to_dict(config.model):
+        raise CheckpointError(f"{path}: the checkpoint's model section differs from this run's config")
+    if state.strategy != config.federation.strategy:
+        raise CheckpointError(f"{path}: checkpoint of strategy {state.strategy!r}, this run uses "
+                              f"{config.federation.strategy!r}")
+
+
+def _evaluation_due(config: Config, server_round: int) -> bool:
+    every = config.federation.eval_every
+    return every > 0 and (server_round % every == 0 or server_round == config.federation.rounds)
+
+
+class Federation:
+    """One server run (fresh or resumed) of the federated prior stage."""
+
+    def __init__(self, grid: Grid, settings: ServerSettings):
+        self.grid = grid
+        self.out_dir = Path(settings.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model = initial_model(settings)
+        self.config = replace(settings.config, model=replace(self.model.config, backbone_weights=None))
+        self.fed = self.config.federation
+        self.reference = to_numpy(shared_state(self.model))
+        self.arrays = dict(self.reference)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_FILE
+        self.round_log = RoundLog(self.out_dir / LOG_FILE)
+        self.start_round = 1
+        self.resumed_from: Optional[int] = None
+        restored: dict = {}
+        if settings.resume:
+            state = load_server_state(self.checkpoint_path)
+            _check_resumable(state, self.config, self.checkpoint_path)
+            self.arrays = conform(state.arrays, self.reference)
+            self.start_round = state.round + 1
+            self.resumed_from = state.round
+            restored = state.strategy_state
+        elif self.checkpoint_path.exists():
+            raise CheckpointError(f"{self.checkpoint_path} exists: pass --resume to continue that run, or use "
+                                  "another output folder")
+        self.plan: Sampling = sampling(self.fed, connected_devices(grid, settings.devices))
+        self.strategy: Strategy = build_strategy(self.fed, self.plan)
+        restore_strategy_state(self.strategy, restored)
+        self.config_json = json.dumps(to_dict(self.config))
+        self.encoding = encoding_for(self.fed.fp16)
+        self.uploaded = set(upload_keys(self.reference, self.fed.freeze_backbone))
+        self.model_bytes_fp32 = int(sum(np.asarray(v).size * 4 for v in self.reference.values()))
+
+    def _config_record(self) -> ConfigRecord:
+        return ConfigRecord({FEDPIC_CONFIG: self.config_json})
+
+    def _send(self, messages: list[Message]) -> list[Message]:
+        return list(self.grid.send_and_receive(messages, timeout=self.fed.round_timeout)) if messages else []
+
+    def evaluate(self, server_round: int) -> tuple[Optional[dict], int, float]:
+        """Federated evaluation of the current model: (weighted metrics, devices, seconds)."""
+        start = time.perf_counter()
+        random.seed(self.config.seed * 1_000_003 + server_round + 500_009)  # Flower samples with `random`
+        messages = list(self.strategy.configure_evaluate(server_round, self._array_record(), self._config_record(),
+                                                         self.grid))
+        replies = self._send(messages)
+        ok = [r for r in replies if not r.has_error()]
+        metrics = self.strategy.aggregate_evaluate(server_round, ok) if ok else None
+        return (dict(metrics) if metrics is not None else None), len(ok), time.perf_counter() - start
+
+    def _array_record(self) -> ArrayRecord:
+        return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in self.arrays.items()})
+
+    def train(self, server_round: int) -> dict:
+        """One training round; returns its log fields."""
+        start = time.perf_counter()
+        random.seed(self.config.seed * 1_000_003 + server_round)  # Flower samples devices with `random`
+        messages = list(self.strategy.configure_train(server_round, self._array_record(), self._config_record(),
+                                                      self.grid))
+        received = self.arrays
+        replies = self._send(messages)
+        if len(replies) < len(messages):  # devices that crashed or vanished: the round goes on without them
+            log.warning("round %d: %d of %d sampled devices sent no reply within %.0fs", server_round,
+                        len(messages) - len(replies), len(messages), self.fed.round_timeout)
+        screening = screen_replies(replies, received, self.encoding, self.fed.max_update_norm,
+                                   self.fed.outlier_factor)
+        aggregated, train_metrics = False, {}
+        if len(screening.accepted) >= max(1, self.fed.min_replies):
+            new_arrays, metrics = self.strategy.aggregate_train(server_round, screening.accepted)
+            if new_arrays is not None:
+                merged = conform({k: a.numpy() for k, a in new_arrays.items()}, self.reference)
+                # keys no device sends (a frozen backbone) stay bit-identical: averaging equal arrays
+                # is not exact in floating point, and devices key their cached taps on these bits
+                self.arrays = {k: merged[k] if k in self.uploaded else received[k] for k in received}
+                aggregated = True
+            train_metrics = dict(metrics or {})
+        else:
+            log.warning("round %d: %d valid updates (min_replies %d); the model is unchanged", server_round,
+                        len(screening.accepted), self.fed.min_replies)
+        uploads = screening.upload_bytes
+        return {
+            "sampled": len(messages), "replies": len(replies), "missing": len(messages) - len(replies),
+            **screening.counts(), "aggregated": aggregated,
+            "train": train_metrics, "train_seconds": time.perf_counter() - start,
+            "upload_bytes_mean": float(np.mean(uploads)) if uploads else None,
+            "upload_bytes_max": int(max(uploads)) if uploads else None,
+            "download_bytes": payload_bytes(received),
+            "update_norm_median": float(np.median(screening.norms)) if screening.norms else None,
+        }
+
+    def _record(self, server_round: int, fields: dict) -> dict:
+        return {"round": server_round, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "strategy": self.fed.strategy,
+                "population": self.plan.population, "model_bytes_fp32": self.model_bytes_fp32,
+                "encoding": self.encoding, **fields}
+
+    def save(self, server_round: int) -> None:
+        load_shared(self.model, from_numpy(self.arrays))
+        save_model(self.out_dir / MODEL_FILE, self.model, to_dict(self.config), "prior",
+                   {"federated": {"round": server_round, "strategy": self.fed.strategy,
+                                  "population": self.plan.population}})
+        save_server_state(self.checkpoint_path, ServerState(server_round, self.arrays, self.fed.strategy,
+                                                            strategy_state(self.strategy), to_dict(self.config)))
+
+    def run(self) -> int:
+        """All remaining rounds; returns the last completed round."""
+        if self.resumed_from is None:
+            self.round_log.truncate_after(-1)
+            if self.fed.eval_every > 0:
+                metrics, devices, seconds = self.evaluate(0)
+                self.round_log.append(self._record(0, {"evaluate": metrics, "eval_devices": devices,
+                                                       "eval_seconds": seconds}))
+            self.save(0)
+        else:
+            self.round_log.truncate_after(self.resumed_from)
+            log.info("resuming after round %d of %d", self.resumed_from, self.fed.rounds)
+        last = self.start_round - 1
+        for server_round in range(self.start_round, self.fed.rounds + 1):
+            fields = self.train(server_round)
+            fields.update({"evaluate": None, "eval_devices": 0, "eval_seconds": 0.0})
+            if _evaluation_due(self.config, server_round):
+                metrics, devices, seconds = self.evaluate(server_round)
+                fields.update({"evaluate": metrics, "eval_devices": devices, "eval_seconds": seconds})
+            self.round_log.append(self._record(server_round, fields))
+            self.save(server_round)
+            last = server_round
+            log.info("round %d/%d: %d/%d updates accepted, train loss %s", server_round, self.fed.rounds,
+                     fields["accepted"], fields["sampled"], fields["train"].get("loss-shared"))
+        return last
+
+
+def run_federation(grid: Grid, settings: ServerSettings) -> int:
+    """Run (or resume) the federation to `federation.rounds`; the model file is in out_dir."""
+    if settings.config.federation.rounds < 1:
+        raise ConfigError("federation.rounds: must be >= 1")
+    return Federation(grid, settings).run()

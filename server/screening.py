@@ -1,0 +1,96 @@
+"""Update validation: decode every device reply to full weights and reject the bad ones.
+
+A reply is rejected, and counted, when it is malformed (no single ArrayRecord/MetricRecord,
+keys or shapes that do not fit the model, a PERSONAL key, no positive num-examples),
+non-finite (NaN/inf anywhere in the update or its metrics), or a norm outlier (L2 distance
+from the round's global model above `max_update_norm`, or above `outlier_factor` times the
+median distance of the round's replies when there are at least three). Accepted replies
+are rewritten in place to carry full fp32 weights, so Flower's strategies aggregate plain
+weights whatever the transport encoding was.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
+
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from pic_core.exchange import ARRAYS, METRICS, NUM_EXAMPLES, UpdateError, all_finite, decode_update, \
+    payload_bytes, update_norm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Screening:
+    accepted: list[Message] = field(default_factory=list)
+    failures: int = 0  # replies that carried an error instead of content (the device raised)
+    malformed: int = 0
+    nonfinite: int = 0
+    outliers: int = 0
+    upload_bytes: list[int] = field(default_factory=list)  # array payload of every content reply
+    norms: list[float] = field(default_factory=list)  # update norms of the accepted replies
+
+    def counts(self) -> dict[str, int]:
+        return {"accepted": len(self.accepted), "failures": self.failures, "rejected_malformed": self.malformed,
+                "rejected_nonfinite": self.nonfinite, "rejected_norm": self.outliers}
+
+
+def _single(records: Mapping, what: str) -> object:
+    if len(records) != 1:
+        raise UpdateError(f"expected one {what}, got {len(records)}")
+    return next(iter(records.values()))
+
+
+def _metrics_ok(metrics: MetricRecord) -> bool:
+    values = [v for value in metrics.values() for v in (value if isinstance(value, list) else [value])]
+    return all(math.isfinite(float(v)) for v in values)
+
+
+def screen_replies(replies: Iterable[Message], received: Mapping[str, np.ndarray], encoding: str,
+                   max_update_norm: Optional[float], outlier_factor: float) -> Screening:
+    """Validate, decode and filter one round's training replies (see the module docstring)."""
+    result = Screening()
+    candidates: list[tuple[Message, dict[str, np.ndarray], MetricRecord, float]] = []
+    for reply in replies:
+        if reply.has_error():
+            result.failures += 1
+            log.warning("device %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
+            continue
+        source = reply.metadata.src_node_id
+        try:
+            arrays = _single(reply.content.array_records, "ArrayRecord")
+            metrics = _single(reply.content.metric_records, "MetricRecord")
+            update = {key: array.numpy() for key, array in arrays.items()}
+            result.upload_bytes.append(payload_bytes(update))
+            weight = metrics.get(NUM_EXAMPLES)
+            if not isinstance(weight, (int, float)) or not weight > 0:
+                raise UpdateError(f"{NUM_EXAMPLES} must be a positive number, got {weight!r}")
+            full = decode_update(update, received, encoding)
+        except UpdateError as exc:
+            result.malformed += 1
+            log.warning("rejected the update of device %s: %s", source, exc)
+            continue
+        if not all_finite(update) or not _metrics_ok(metrics):
+            result.nonfinite += 1
+            log.warning("rejected the update of device %s: non-finite values", source)
+            continue
+        candidates.append((reply, full, metrics, update_norm(full, received)))
+    median = float(np.median([c[3] for c in candidates])) if candidates else 0.0
+    for reply, full, metrics, norm in candidates:
+        too_far = max_update_norm is not None and norm > max_update_norm
+        outlier = outlier_factor > 0 and len(candidates) >= 3 and norm > outlier_factor * max(median, 1e-12)
+        if too_far or outlier:
+            result.outliers += 1
+            log.warning("rejected the update of device %s: norm %.4g (median %.4g)", reply.metadata.src_node_id,
+                        norm, median)
+            continue
+        reply.content = RecordDict({ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in full.items()}),
+                                    METRICS: metrics})
+        result.accepted.append(reply)
+        result.norms.append(norm)
+    return result
