@@ -177,8 +177,9 @@ def federated(config: Config, data: Path, pre: Path, out: Path, reuse: Optional[
     if reuse is not None:
         path = reuse / RESULTS_FILE
         payload, _ = read_results(path)
-        if Path(payload["files"]["init_model"]).resolve() != pre.resolve():
-            raise ValueError(f"{path}: started from {payload['files']['init_model']}, not {pre}")
+        start = Path(payload["files"]["init_model"])
+        if start.resolve() != pre.resolve() and (not start.is_file() or start.read_bytes() != pre.read_bytes()):
+            raise ValueError(f"{path}: started from {start}, not from {pre} (nor a byte-identical copy)")
         payload["peak_rss_bytes"] = None  # not measured here
         return by_method(path), payload
     shutil.rmtree(out, ignore_errors=True)
