@@ -227,7 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="dataset directory with users/<user>.csv (scored candidate crops)")
     p.add_argument("--crops", type=Path,
                    help="instead of --data: your own crops, CSV 'image,x1,y1,x2,y2' or JSON lines "
-                        '{"image": ..., "box": [x1, y1, x2, y2]} (see docs/crop.md)')
+                        '{"image": ..., "box": [x1, y1, x2, y2]} (see README, section Cropping photos)')
     p.add_argument("--user", help="user id (required with --data; default with --crops: the file's name)")
     p.add_argument("--shots", type=int, help="with --data: use the first N 'train' images (default: finetune.shots)")
     p.add_argument("--epochs", type=int, help="with --crops: passes over your photos (default 10)")

@@ -65,7 +65,7 @@ class FinetuneConfig:
     lr: float = 1e-3
     shots: int = 5
     rank_weight: float = 1.0
-    smooth_l1_weight: float = 0.0  # the reference adds 0.8 * SmoothL1; rank only measured better (docs/crop.md)
+    smooth_l1_weight: float = 0.0  # the reference adds 0.8 * SmoothL1; rank only measured better (README, section Cropping photos)
     mode: str = "fast"  # fast: d_u (+ personal head, at lr) and crop-head offsets (at head_lr) on cached features
     delta_l2: float = 0.0  # pull d_u towards 0 (the population prior)
     head_lr: float = 1.0e-3  # fast mode: lr of the personal crop-head offsets (0: d_u alone)

@@ -2,7 +2,7 @@
 
 Every metric is computed per image and then averaged over images, so a large image
 with many candidates weighs no more than a small one. Tie rules are fixed here (and in
-docs/data.md) so that two runs on the same scores always give the same numbers:
+README, section Data formats, metrics and errors) so that two runs on the same scores always give the same numbers:
 
 * top-K predicted crops: stable sort by descending prediction, ties to the lower index;
 * "in the ground-truth top-N": gt score >= the N-th best gt score (boundary ties hit);

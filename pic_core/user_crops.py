@@ -43,7 +43,7 @@ SHARPNESS = 2.0
 WEAK_OVERLAP = 0.5
 """Below this best candidate IoU, a photo's crop teaches little: say so."""
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2")
-FAST_EPOCHS = 10  # the fast path's settings, measured in benchmarks/fewshot.py (docs/crop.md)
+FAST_EPOCHS = 10  # the fast path's settings, measured in benchmarks/fewshot.py (README, section Cropping photos)
 FAST_LR = 5e-2  # d_u
 FAST_HEAD_LR = 1e-3  # personal crop-head offsets
 """Fast-path settings (benchmarks/fewshot.py): the 16-d d_u needs a larger step than the

@@ -1,4 +1,4 @@
-"""The per-round JSONL log: one JSON object per completed round (format in docs/federated.md).
+"""The per-round JSONL log: one JSON object per completed round (format in README, section Federated prior training).
 
 A round's line is written before its checkpoint. On resume, lines of rounds after the
 checkpoint's round (written by a server that stopped before checkpointing them) are

@@ -3,7 +3,7 @@
     RUN_DIR/pre.pt            the pre-stage model (method `generic`)
     RUN_DIR/prior.pt          the prior-stage model (methods `prior`, `centralized`)
     RUN_DIR/user_states/n<N>/<user>.pt   each user's fitted d_u for N shots (finetune mode fast)
-    RUN_DIR/results.json      format "fedpic-results" (docs/report.md): every method x shots
+    RUN_DIR/results.json      format "fedpic-results" (README, section Evaluation, baselines and reports): every method x shots
     RUN_DIR/gallery.json      crop picks for the report's galleries
 
 `fedpic report RUN_DIR` turns the folder into report.md with plots and galleries.
@@ -46,7 +46,7 @@ USER_STATES = "user_states"
 
 def results_payload(results: Sequence[PopulationResult], *, kind: str, data_dir: Union[str, Path],
                     config: Optional[Config] = None, extra: Optional[dict] = None) -> dict:
-    """The results JSON object (format "fedpic-results", docs/report.md)."""
+    """The results JSON object (format "fedpic-results", README, section Evaluation, baselines and reports)."""
     payload = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "fedpic_version": __version__,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "kind": kind, "data": str(data_dir),
                "config": to_dict(config) if config is not None else None,

@@ -1,6 +1,6 @@
 """`fedpic report RUN_DIR`: a markdown report of whatever results a run folder holds.
 
-Inputs (docs/report.md): results files RUN_DIR/results.json and RUN_DIR/*/results.json, in
+Inputs (README, section Evaluation, baselines and reports): results files RUN_DIR/results.json and RUN_DIR/*/results.json, in
 which every JSON object with the keys method, shots and per_user is one method's evaluation
 (so centralized "fedpic-results" files and federated result files are read alike);
 round logs RUN_DIR/rounds.jsonl and RUN_DIR/*/rounds.jsonl (one JSON object per round with

@@ -71,7 +71,7 @@ def test_report_files_and_tables(run_dir, tmp_path):
 
 
 def _fed_rounds(count: int) -> list[dict]:
-    """Round records shaped like server/round_log.py writes them (docs/federated.md)."""
+    """Round records shaped like server/round_log.py writes them (README, section Federated prior training)."""
     metrics = ("acc1_5", "acc_5", "acc_10", "wacc_5", "srcc")
     return [{"round": r, "strategy": "fedavg", "aggregated": r > 0, "upload_bytes_mean": 1000.0,
              "train": None if r == 0 else {"loss-personal": 1.0 / (r + 1), "loss-shared": 2.0 / (r + 1),
