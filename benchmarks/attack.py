@@ -11,7 +11,9 @@ attacked arms device 3 sends its update scaled x100 and device 7 sends NaN. Arms
 Every arm starts from the same pre-stage model and is evaluated with the evaluation protocol
 (generic and few-shot personalized acc1_5 over the 10 users). Writes runs/bench/attack.json.
 
-    python benchmarks/attack.py [--data /work/main/runs/pop40] [--config configs/tiny.yaml] [--rounds 3]
+    python benchmarks/attack.py [--data DIR] [--config configs/tiny.yaml] [--rounds 3]
+
+Without --data the 40-user demo population is generated once under runs/bench.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import demo_population  # noqa: E402
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from pic_core.config import load_config  # noqa: E402
@@ -76,7 +80,7 @@ def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attacked
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/work/main/runs/pop40"))
+    parser.add_argument("--data", type=Path, help="dataset folder (default: the demo population, generated once)")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--devices", type=int, default=10)
@@ -84,6 +88,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "attack")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "attack.json")
     args = parser.parse_args()
+    args.data = demo_population(args.data)
 
     base = {"federation.rounds": args.rounds, "federation.population": args.devices, "federation.fraction": 1.0,
             "federation.eval_every": 0, "federation.personal_epochs": 2, "federation.max_images": 8,
