@@ -51,11 +51,16 @@ ARMS = {
 TOLERANCE = 0.02  # acc1_5 points (as a fraction) a robust arm may lose against the clean run
 
 
+ROWS = {"generic": "federated-generic", "personalized": "federated"}
+"""Which row of the run's results.json ("fedpic-results") each figure reads."""
+
+
 def acc(results: dict, which: str) -> float:
     """Mean acc1_5 over users; a model that scores every crop NaN picks no crop: 0."""
     if results.get("model_broken"):
         return 0.0
-    return float(results["evaluation"][which]["summary"]["acc1_5"]["mean"])
+    row = next(r for r in results["results"] if r["method"] == ROWS[which])
+    return float(row["summary"]["acc1_5"]["mean"])
 
 
 def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attacked: bool) -> dict:
