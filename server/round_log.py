@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pic_core.data.common import atomic_write_text
+from pic_core.atomic import atomic_write_text
 
 LOG_FILE = "rounds.jsonl"
 
@@ -31,16 +31,22 @@ def _clean(value: Any) -> Any:
 
 
 def read_rounds(path: Path) -> list[dict]:
+    """The round records of a log ([] when there is none yet); ValueError naming file:line for a
+    line that is not a JSON object with a 'round' key."""
     path = Path(path)
     if not path.is_file():
         return []
     records = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{number}: not a JSON line ({exc})") from None
+        if not isinstance(record, dict) or "round" not in record:
+            raise ValueError(f"{path}:{number}: a round record must be an object with a 'round' key")
+        records.append(record)
     return records
 
 

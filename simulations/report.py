@@ -29,6 +29,7 @@ from pic_core.data.images import load_image  # noqa: E402
 from pic_core.metrics import mean_ci  # noqa: E402
 from pic_core.protocol import RESULT_KEYS, PopulationResult, gains  # noqa: E402
 from pic_core.visualize import save_rgb  # noqa: E402
+from server.round_log import read_rounds  # noqa: E402
 
 from .baselines import METHODS  # noqa: E402
 from .gallery import GALLERY_FILE, draw_sheet, user_families  # noqa: E402
@@ -93,22 +94,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
-
-
-def read_rounds(path: Path) -> list[dict]:
-    """One JSON object per non-empty line; ValueError naming file:line otherwise."""
-    records = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{number}: not a JSON line ({exc})") from None
-        if not isinstance(record, dict) or "round" not in record:
-            raise ValueError(f"{path}:{number}: a round record must be an object with a 'round' key")
-        records.append(record)
-    return records
 
 
 def _variant(where: str, rel: str, earlier: str, run_dir: Path) -> str:
