@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pic_core.atomic import atomic_open
+
 LOOPBACK_NAMES = ("localhost",)
 LOOPBACK_IPS = ("127.0.0.1", "::1")
 VALID_DAYS = 365
@@ -42,12 +44,12 @@ class DeviceKey:
 
 
 def _write(path: Path, data: bytes, private: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as handle:
+    """Atomic write; the temp file is created 0600 (mkstemp), so a private key is never readable
+    by others, and public files are opened up to 0644 before the rename."""
+    with atomic_open(path, "wb") as handle:
         handle.write(data)
-    os.replace(tmp, path)
+        if not private:
+            os.fchmod(handle.fileno(), 0o644)
     return path
 
 

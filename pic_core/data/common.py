@@ -14,7 +14,6 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from ..atomic import atomic_write_text  # noqa: F401  (re-exported for the writers)
 from ..geometry import validate_boxes
 from .images import DEFAULT_MAX_PIXELS, ImageMissing, image_size
 from .records import CropSet, DataError, format_box

@@ -17,7 +17,8 @@ from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from .common import (ImageIndex, PathLike, Problems, ReadResult, as_index, atomic_write_text,
+from ..atomic import atomic_write_text
+from .common import (ImageIndex, PathLike, Problems, ReadResult, as_index,
                      float_text, json_number, lookup_size, read_text)
 from .images import DEFAULT_MAX_PIXELS
 from .records import CropSet, DataError

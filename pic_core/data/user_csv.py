@@ -14,7 +14,8 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from .common import (ImageIndex, PathLike, Problems, ReadResult, as_index, atomic_write_text,
+from ..atomic import atomic_write_text
+from .common import (ImageIndex, PathLike, Problems, ReadResult, as_index,
                      float_text, lookup_size, parse_number, read_text)
 from .images import DEFAULT_MAX_PIXELS
 from .records import SPLITS, CropSet, DataError, format_box
