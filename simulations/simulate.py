@@ -45,16 +45,20 @@ def plan_from_args(args: argparse.Namespace) -> "SimulationPlan":
         overrides.append(f"federation.rounds={args.rounds}")
     if args.population is not None:
         overrides.append(f"federation.population={args.population}")
+    if args.ray_address is not None:
+        overrides.append(f"federation.ray_address={args.ray_address}")
     args.overrides = overrides
     return make_plan(config_from_args(args), args.data, args.out, args.init, args.resume)
 
 
 def run(plan: "SimulationPlan", evaluate: bool = True, client_mods: Sequence = ()) -> Path:
     """Pretrain (when needed), simulate, evaluate; returns the results.json path."""
-    from .federated import HOLDOUT_SUFFIX, check_out_dir, evaluate_population, pretrain_model, run_federated, \
-        write_results
+    from .federated import HOLDOUT_SUFFIX, check_out_dir, check_ray_address, evaluate_population, pretrain_model, \
+        run_federated, write_results
 
     check_out_dir(plan)
+    if plan.config.federation.ray_address:
+        check_ray_address(plan.config.federation.ray_address)  # fail before the pre stage, not after
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     timing = {}
     if plan.init_model is None and plan.config.pre.epochs > 0:
@@ -101,5 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, help="override federation.rounds")
     p.add_argument("--population", type=int, help="override federation.population (first N users take part)")
     p.add_argument("--skip-eval", action="store_true", help="no population evaluation after training")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="run the simulated devices on this existing Ray cluster (the head's address from "
+                        "`ray start --head`; default: a fresh local Ray on this machine)")
     add_common_options(p)
     p.set_defaults(func=_cmd_simulate)
