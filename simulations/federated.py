@@ -107,7 +107,9 @@ def backend_config(config: Config) -> dict:
     per_device = config.federation.cpus_per_device
     address = config.federation.ray_address
     if address:
-        init_args = {"address": check_ray_address(address)}
+        # the cluster's workers were started without this run's quiet settings: their output stays in
+        # the cluster's own logs (`ray logs`, session_latest/logs on each node), not in this run's log
+        init_args = {"address": check_ray_address(address), "log_to_driver": False}
         use_gpu = config.device in ("auto", "cuda")  # the cluster's nodes may have GPUs this one lacks
         share = 0.0
     else:

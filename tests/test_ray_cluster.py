@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +31,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group this test started (the head and its daemons), SIGKILL if needed."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def fedpic(*args: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -58,35 +73,31 @@ def test_federation_runs_on_an_existing_ray_head_with_a_clean_log(tmp_path):
         pytest.skip("the `ray` command is not installed")
     data = make_toy_dataset(tmp_path / "data", users=2, images_per_user=6)
     port = free_port()
-    temp_dir = tmp_path / "ray"  # this head's own session folder: every driver that joins it logs here
+    # this head's own session folder (every driver that joins it logs there); short: Ray's sockets live in it
+    temp_dir = Path(tempfile.mkdtemp(prefix="fedpic-ray-", dir="/tmp"))
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                             "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(temp_dir),
-                             "--disable-usage-stats"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head_log = tmp_path / "head.log"
+    with head_log.open("w") as sink:
+        head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
+                                 str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                                 "--temp-dir", str(temp_dir), "--disable-usage-stats"],
+                                env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"could not start a Ray head on 127.0.0.1:{port} (exit {head.poll()})")
-                time.sleep(0.5)
+        deadline = time.monotonic() + 300
+        while not (temp_dir.is_dir() and "Ray runtime started" in head_log.read_text()):
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"could not start a Ray head on 127.0.0.1:{port}: {head_log.read_text()[-500:]}")
+            time.sleep(0.5)
         result = fedpic("simulate", "--config", str(TINY), "--data", str(data), "--out", str(tmp_path / "out"),
                         "--rounds", "1", "--ray-address", f"127.0.0.1:{port}", *SETTINGS, env=env, timeout=540)
+        drivers = list(temp_dir.glob("session_*/logs/python-core-driver-*"))
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_group(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
-    assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "results.json").is_file()
-    drivers = list(temp_dir.glob("session_*/logs/python-core-driver-*"))
     assert drivers, "the simulation did not join the test's Ray head"
+    assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "results.json").is_file()
     # a log a person can read: no colour codes, no deprecation notices, no bars from inside devices
     assert "\x1b[" not in log
     assert "DEPRECATED" not in log and "FutureWarning" not in log
