@@ -230,7 +230,7 @@ def folder_bytes(folder: Path) -> int:
 def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int, pre: Optional[Path]) -> dict:
     """Many devices, few sampled: does a round stay cheap and memory bounded? The population shares
     one 3-photo pool (`fedpic synth --shared-images`), so its disk grows only by each user's score file."""
-    data = dataset(work / f"data{devices}", PopulationSpec(users=devices, prior=3, train=0, test=0, seed=1,
+    data = dataset(work / f"data{devices}", PopulationSpec(users=devices, prior=3, train=0, test=0, seed=0,
                                                            probe=0, shared=True))
     config = copy.deepcopy(config)
     fed = config.federation
