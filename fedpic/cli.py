@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -10,15 +9,10 @@ from typing import Optional, Sequence
 
 from pic_core import __version__
 
-COMMAND_MODULES = (
-    "pic_core.cli",
-    "pic_core.data.synthetic",
-    "simulations.cli",
-    "simulations.simulate",
-    "server.deploy_cli",
-    "simulations.demo",
-)
-"""Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""
+from .commands import crop, data, demo, federation, report, train
+
+COMMAND_GROUPS = (train, crop, data, federation, report, demo)
+"""Each module's `register(subparsers)` adds its commands; parsing imports no torch, OpenCV or Flower."""
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, OSError)
 """DataError, ConfigError and CheckpointError are ValueErrors: shown as one line, not a traceback."""
@@ -29,10 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedpic {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
-        register = getattr(module, "register", None) or getattr(module, "register_cli")
-        register(subparsers)
+    for group in COMMAND_GROUPS:
+        group.register(subparsers)
     return parser
 
 
