@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from pic_core import __version__
+import pic_core
 
 from .commands import crop, data, demo, federation, report, train
 
@@ -18,9 +18,19 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundErro
 """DataError, ConfigError and CheckpointError are ValueErrors: shown as one line, not a traceback."""
 
 
+class _VersionAction(argparse.Action):
+    """--version, reading the installed version only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(message=f"fedpic {pic_core.__version__}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpic", description="Federated personalized image cropping.")
-    parser.add_argument("--version", action="version", version=f"fedpic {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:

@@ -59,13 +59,13 @@ def toy_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_config():
-    """configs/tiny.yaml: the smallest model that exercises every part."""
+    """The shipped `tiny` config: the smallest model that exercises every part."""
     return load_config("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory) -> Path:
-    """A randomly initialized configs/tiny.yaml model saved as a model file (seed 0)."""
+    """A randomly initialized `tiny` model saved as a model file (seed 0)."""
     import torch
 
     from pic_core.checkpoint import save_model

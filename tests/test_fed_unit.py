@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """configs/tiny.yaml's threads: 1 (a simulated device's setting); 2 threads on a busy 2-core box crawl."""
+    """The tiny config's threads: 1 (a simulated device's setting); 2 threads on a busy 2-core box crawl."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
