@@ -88,6 +88,7 @@ def _cmd_crop(args: argparse.Namespace) -> int:
         print(f"fedpic crop: failed: {message}", file=sys.stderr)
     return 1 if failures else 0
 
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pic_core.checkpoint import load_model, load_user_state
     from pic_core.export import export_model
