@@ -1,29 +1,35 @@
-"""`fedpic deploy`: the federated prior stage on real Flower processes (TLS + authenticated devices).
-
-    fedpic deploy --data runs/demo/population --out runs/deploy --devices 3 --config configs/tiny.yaml \\
-        --set federation.rounds=2
-    fedpic deploy ... --resume       # same folder: same CA, keys, SuperLink database; next round
-
-One SuperNode per user (the first --devices users of the dataset). Everything listens on
-127.0.0.1 only. The output folder keeps pki/ (CA, server certificate, device keys),
-flwr-home/config.toml (the `local-deployment` connection), logs/, server/ (rounds.jsonl,
-checkpoint.pt, model.pt) and devices/<user>/ (each device's personal state).
-"""
+"""Federation commands: `fedpic simulate` (Flower's simulation engine, one simulated device per
+user) and `fedpic deploy` (real Flower processes: TLS SuperLink, authenticated SuperNodes)."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
-from pic_core.data import DataError
-from pic_core.data.dataset import Dataset
+from .common import add_common_options, config_from_args
 
-log = logging.getLogger("fedpic.deploy")
+log = logging.getLogger("fedpic")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.simulate import make_plan, run
+
+    overrides = list(args.overrides or [])
+    if args.rounds is not None:
+        overrides.append(f"federation.rounds={args.rounds}")
+    if args.population is not None:
+        overrides.append(f"federation.population={args.population}")
+    args.overrides = overrides
+    plan = make_plan(config_from_args(args), args.data, args.out, args.init, args.resume)
+    run(plan, evaluate=not args.skip_eval)
+    return 0
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from .deploy import Deployment, DeploymentSettings, Ports
-    from .round_log import LOG_FILE, read_rounds
+    from pic_core.data import DataError
+    from pic_core.data.dataset import Dataset
+    from server.deploy import Deployment, DeploymentSettings, Ports
+    from server.round_log import LOG_FILE, read_rounds
 
     users = Dataset(args.data).user_ids
     if not 1 <= args.devices <= len(users):
@@ -49,12 +55,29 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """simulate, deploy."""
+    p = subparsers.add_parser("simulate", help="federated prior training with Flower's simulation engine "
+                                               "(one simulated device per user)")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory (images/, generic.csv, users/)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (model.pt, rounds.jsonl, results.json)")
+    p.add_argument("--init", type=Path, help="start from this model file (default: pre stage on generic.csv)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--rounds", type=int, help="override federation.rounds")
+    p.add_argument("--population", type=int, help="override federation.population (first N users take part)")
+    p.add_argument("--skip-eval", action="store_true", help="no population evaluation after training")
+    add_common_options(p)
+    p.set_defaults(func=_cmd_simulate)
+
     p = subparsers.add_parser("deploy", help="run the federation on real Flower processes: TLS SuperLink, "
-                                             "authenticated SuperNodes (loopback only)")
+                                             "authenticated SuperNodes (loopback only)",
+                              description="One SuperNode per user (the first --devices users of the dataset), all "
+                                          "on 127.0.0.1. The output folder keeps pki/, flwr-home/, logs/, server/ "
+                                          "(rounds.jsonl, checkpoint.pt, model.pt) and devices/<user>/. Run it "
+                                          "again with --resume: same CA, keys and SuperLink database; next round.")
     p.add_argument("--data", type=Path, required=True, help="dataset directory; one device per user")
     p.add_argument("--out", type=Path, required=True, help="deployment folder (keys, logs, server output)")
     p.add_argument("--devices", type=int, default=2, help="number of SuperNodes (first N users)")
-    p.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="fedpic YAML config")
+    p.add_argument("--config", default="demo", help="fedpic YAML config: a file or a shipped name (default demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override sent to the ServerApp (repeatable)")
     p.add_argument("--rounds", type=int, help="override federation.rounds")
