@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h)
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/fedpic demo --config configs/demo.yaml --out runs/demo
+	$(VENV)/bin/fedpic demo --config demo --out runs/demo
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -1,6 +1,6 @@
 """Build script: the package metadata lives in pyproject.toml; this adds the compiled op.
 
-Extensions (see README, section Compiled RoI + RoD align):
+Extensions (see docs/kernels.md):
   pic_core._C       C++ CPU kernels and the operator schemas; built whenever torch is importable.
   pic_core._C_cuda  CUDA kernels; built when torch is a CUDA build and a CUDA toolkit with
                     include/cuda_runtime.h and a matching major version is found.

@@ -11,7 +11,7 @@ attacked arms device 3 sends its update scaled x100 and device 7 sends NaN. Arms
 Every arm starts from the same pre-stage model and is evaluated with the evaluation protocol
 (generic and few-shot personalized acc1_5 over the 10 users). Writes runs/bench/attack.json.
 
-    python benchmarks/attack.py [--data DIR] [--config configs/tiny.yaml] [--rounds 3]
+    python benchmarks/attack.py [--data DIR] [--config tiny] [--rounds 3]
 
 Without --data the 40-user demo population is generated once under runs/bench.
 """
@@ -86,7 +86,7 @@ def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attacked
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (default: the demo population, generated once)")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
+    parser.add_argument("--config", type=Path, default="tiny")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--devices", type=int, default=10)
     parser.add_argument("--arms", nargs="*", default=list(ARMS))

@@ -23,7 +23,8 @@ from pic_core.config import Config, load_config, to_dict
 from pic_core.data.sources import open_dataset
 from pic_core.model import CropScorer
 from pic_core.samples import SampleCache
-from pic_core.train import configure_runtime, train_prior
+from pic_core.runtime import configure_runtime
+from pic_core.train import train_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bench"
@@ -48,8 +49,8 @@ def demo_population(path: Optional[Path], users: int = 40, seed: int = 0) -> Pat
 
 
 def bench_config(preset: Optional[str], epochs: int, threads: int, overrides: Optional[dict] = None) -> Config:
-    """configs/<preset>.yaml (None: the built-in defaults) for training, with prior.epochs set."""
-    path = ROOT / "configs" / f"{preset}.yaml" if preset else None
+    """the shipped config <preset> (None: the built-in defaults) for training, with prior.epochs set."""
+    path = preset
     values = {"prior.epochs": epochs, "threads": threads, "device": "cpu", "progress": True}
     return load_config(path, overrides=values | (overrides or {}))
 

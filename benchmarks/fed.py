@@ -19,7 +19,7 @@ kernel reports it); targets: peak <= 6 GB, the 10,000-device round within 20% of
 round; plus a linear estimate for 1 M devices. Only the scale part:
     python benchmarks/fed.py --skip-quality [--scale-devices 1000 10000]
 
-    python benchmarks/fed.py [--config configs/demo.yaml] [--work runs/bench/fed]
+    python benchmarks/fed.py [--config demo] [--work runs/bench/fed]
                              [--out runs/bench/fed.json] [--skip-quality] [--skip-scale]
 
 The dataset and the centralized run are reused from --work when present; the federated
@@ -37,22 +37,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Self
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pic_core.cli import parse_overrides  # noqa: E402
-from pic_core.config import Config, load_config  # noqa: E402
+from pic_core.config import Config, load_config, parse_overrides  # noqa: E402
 from pic_core.data.synthetic import PopulationSpec, generate  # noqa: E402
 from server.round_log import read_rounds  # noqa: E402
 from pic_core.checkpoint import load_model, save_model  # noqa: E402
 from pic_core.config import to_dict  # noqa: E402
 from pic_core.data.dataset import Dataset  # noqa: E402
 from pic_core.samples import SampleCache  # noqa: E402
-from pic_core.train import configure_runtime  # noqa: E402
+from pic_core.runtime import configure_runtime  # noqa: E402
 from simulations.baselines import evaluate_centralized, evaluate_generic, evaluate_prior, load_users, \
     train_generic, train_prior_model  # noqa: E402
 from simulations.experiment import PRE_MODEL, PRIOR_MODEL, RESULTS_FILE, read_results, results_payload, \
@@ -118,7 +117,7 @@ class MemorySampler:
             self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -290,7 +289,7 @@ def scale_summary(runs: list[dict], target_devices: int = 1_000_000) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    parser.add_argument("--config", type=Path, default="demo")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "fed")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "fed.json")
     parser.add_argument("--skip-quality", action="store_true", help="keep --out's quality section, if any")

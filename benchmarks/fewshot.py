@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import RUNS, bench_config, demo_population, machine, trained_model, write_json  # noqa: E402
 
 from pic_core.checkpoint import load_model  # noqa: E402
-from pic_core.cropper import set_threads  # noqa: E402
+from pic_core.runtime import set_seed, set_threads  # noqa: E402
 from pic_core.data.sources import open_dataset  # noqa: E402
 from pic_core.metrics import mean_ci  # noqa: E402
 from pic_core.protocol import few_shot_sets  # noqa: E402
 from pic_core.samples import SampleCache  # noqa: E402
-from pic_core.train import evaluate, finetune, set_seed  # noqa: E402
+from pic_core.train import evaluate, finetune  # noqa: E402
 from pic_core.user_crops import FAST_EPOCHS, FAST_HEAD_LR, FAST_LR, UserCrop, personalize_from_crops  # noqa: E402
 
 FAST = {"finetune.mode": "fast", "finetune.lr": FAST_LR, "finetune.epochs": FAST_EPOCHS,
@@ -54,7 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="demo population folder (default: generate it under runs/bench)")
     parser.add_argument("--model", type=Path, help="prior-stage model (default: train one like infer.py does)")
-    parser.add_argument("--preset", help="configs/<preset>.yaml for the model trained here (default: built-in)")
+    parser.add_argument("--preset", help="the shipped config <preset> for the model trained here (default: built-in)")
     parser.add_argument("--epochs", type=int, default=3, help="prior epochs when training the model here")
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--users", type=int, default=0, help="only the first N users (0: all)")

@@ -8,7 +8,7 @@ photo so a busy machine slows them alike. Times run from a decoded RGB array to 
   default backbone        that model's MultiScaleBackbone forward alone, on the prepared input
   default backbone folded the same backbone as the Cropper runs it (BatchNorms folded into the convolutions)
   default exported        the same model as a torch.export program (`fedpic export`)
-  fedpic fast             Cropper, fast profile: configs/fast.yaml model compiled by AOTInductor
+  fedpic fast             Cropper, fast profile: `--config fast` model compiled by AOTInductor
   fast eager              the fast model without compilation
   fast backbone           the fast model's backbone forward alone (eager, channels-last)
   smartcrop               smartcrop.py SmartCrop().crop for a square crop of 230 px, so it analyses
@@ -42,7 +42,8 @@ from bench_models import RUNS, bench_config, demo_population, machine, trained_m
 
 from pic_core.checkpoint import load_model  # noqa: E402
 from pic_core.config import ModelConfig, load_config  # noqa: E402
-from pic_core.cropper import Cropper, set_threads  # noqa: E402
+from pic_core.cropper import Cropper  # noqa: E402
+from pic_core.runtime import set_threads  # noqa: E402
 from pic_core.data.images import load_image  # noqa: E402
 from pic_core.data.sources import open_dataset  # noqa: E402
 from pic_core.metrics import mean_ci  # noqa: E402
@@ -110,7 +111,8 @@ def build_methods(default: CropScorer, fast: CropScorer, export_dir: Path) -> di
     from smartcrop import SmartCrop
     from PIL import Image
 
-    from pic_core.export import export_model, load_exported
+    from pic_core.cropper import load_exported
+    from pic_core.export import export_model
 
     default_crop = Cropper.from_model(default, "cpu", personal=False, profile="default")
     fast_crop = Cropper.from_model(fast, "cpu", personal=False, profile="fast")
@@ -188,7 +190,7 @@ def memory_probe(method: str, default_path: str, fast_path: str, data: Optional[
         is_default = method.startswith("fedpic default")
         path = default_path if is_default else fast_path
         model, _ = model_for(None if path == "-" else Path(path),
-                             ModelConfig() if is_default else load_config(ROOT / "configs" / "fast.yaml").model)
+                             ModelConfig() if is_default else load_config("fast").model)
         cropper = Cropper.from_model(model.eval(), "cpu", personal=False,
                                      profile="fast" if method == "fedpic fast" else "default")
         for image in photos.values():
@@ -239,7 +241,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="demo population folder (default: generate it under runs/bench)")
     parser.add_argument("--default-model", type=Path, help="trained default model (default: train one)")
-    parser.add_argument("--fast-model", type=Path, help="trained configs/fast.yaml model (default: train one)")
+    parser.add_argument("--fast-model", type=Path, help="trained `--config fast` model (default: train one)")
     parser.add_argument("--epochs", type=int, default=3, help="prior epochs when training the models here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds over the photos")
@@ -274,7 +276,7 @@ def main() -> int:
         fast_path = fast_path or trained_model("fast", bench_config("fast", args.epochs, args.threads), data)
     set_threads(args.threads)
     default, default_source = model_for(default_path, ModelConfig())
-    fast, fast_source = model_for(fast_path, load_config(ROOT / "configs" / "fast.yaml").model)
+    fast, fast_source = model_for(fast_path, load_config("fast").model)
     photos = real_photos() | generated_photos(data, args.generated)
     compile_start = time.perf_counter()
     methods, croppers = build_methods(default, fast, RUNS / "exported")

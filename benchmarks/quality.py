@@ -1,6 +1,6 @@
 """Quality benchmark: every centralized baseline on the demo population, with the targets checked.
 
-    python benchmarks/quality.py                       # configs/quality.yaml, runs/bench/population
+    python benchmarks/quality.py                       # --config quality, runs/bench/population
     python benchmarks/quality.py --config my.yaml --set finetune.lr=0.1 --out runs/bench/q2.json
 
 Generates the demo population (40 users, default counts, seed 0) when --data does not exist,
@@ -28,8 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pic_core.config import load_config, to_dict  # noqa: E402
-from pic_core.cli import parse_overrides  # noqa: E402
+from pic_core.config import load_config, parse_overrides, to_dict  # noqa: E402
 from pic_core.data.synthetic import PopulationSpec, generate  # noqa: E402
 from pic_core.protocol import PopulationResult, json_safe  # noqa: E402
 from simulations.baselines import METHODS, LocalOnlySettings  # noqa: E402
@@ -42,11 +41,6 @@ TARGETS = {  # name: (method, base method, minimum gain in acc1_5 at N = TARGET_
     "centralized_vs_generic": ("centralized", "generic", 0.15),
     "centralized_vs_local": ("centralized", "local", 0.10),
 }
-
-
-def default_config() -> Path | None:
-    path = ROOT / "configs" / "quality.yaml"
-    return path if path.is_file() else None
 
 
 def check_targets(results: dict[tuple[str, int], PopulationResult], users: int) -> dict:
@@ -67,8 +61,8 @@ def check_targets(results: dict[tuple[str, int], PopulationResult], users: int) 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=default_config(),
-                        help="YAML config (default configs/quality.yaml)")
+    parser.add_argument("--config", default="quality",
+                        help="YAML config (default: the shipped quality config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value (repeatable), e.g. --set finetune.epochs=20")
     parser.add_argument("--data", type=Path, default=ROOT / "runs" / "bench" / "population",
@@ -83,12 +77,10 @@ def main(argv=None) -> int:
     parser.add_argument("--local-lr", type=float, default=LocalOnlySettings.lr)
     parser.add_argument("--no-report", action="store_true", help="skip report.md in the run folder")
     args = parser.parse_args(argv)
-    if args.config is None:
-        parser.error("configs/quality.yaml does not exist: pass --config")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     config = load_config(args.config, overrides=parse_overrides(args.overrides))
     if not args.data.exists():
-        logging.info("generating the demo population in %s", args.data)
+        logging.getLogger("fedpic.bench").info("generating the demo population in %s", args.data)
         generate(PopulationSpec(users=args.users, seed=0), args.data, workers=min(2, os.cpu_count() or 1),
                  progress=config.progress)
 

@@ -95,8 +95,8 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
         cache.save()
     metrics = {
         "images": float(len(samples)),
-        "loss-personal": _last(personal.epoch_losses),
-        "loss-shared": _last(shared.epoch_losses),
+        "loss-personal": personal.final_loss(0.0),
+        "loss-shared": shared.final_loss(0.0),
         "train-seconds": time.perf_counter() - start,
         "backbone-passes": float(getattr(cache, "computed", len(samples))),
         "compiled-op": float(compiled_available(settings.device)),  # 1: the device runs fedpic's C++/CUDA op
@@ -128,10 +128,6 @@ def evaluate_round(model: CropScorer, user: UserData, config: Config, settings: 
             value = float(results[variant].get(key, math.nan))
             out[f"{variant}-{key}"] = value if math.isfinite(value) else 0.0
     return out
-
-
-def _last(values: list[float]) -> float:
-    return float(values[-1]) if values else 0.0
 
 
 def configure_torch(settings: NodeSettings) -> None:

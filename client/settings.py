@@ -17,7 +17,7 @@ import torch
 
 from pic_core.data import DataError
 from pic_core.data.dataset import Dataset
-from pic_core.train import resolve_device
+from pic_core.runtime import resolve_device
 
 PARTITION_ID = "partition-id"
 

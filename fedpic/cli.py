@@ -2,37 +2,39 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from typing import Optional, Sequence
 
-from pic_core import __version__
+import pic_core
 
-COMMAND_MODULES = (
-    "pic_core.cli",
-    "pic_core.data.synthetic",
-    "simulations.cli",
-    "simulations.simulate",
-    "server.deploy_cli",
-    "simulations.demo",
-)
-"""Modules exposing `register(subparsers)`; later parts (federation, reports) add theirs here."""
+from .commands import crop, data, demo, federation, report, train
+
+COMMAND_GROUPS = (train, crop, data, federation, report, demo)
+"""Each module's `register(subparsers)` adds its commands; parsing imports no torch, OpenCV or Flower."""
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, OSError)
 """DataError, ConfigError and CheckpointError are ValueErrors: shown as one line, not a traceback."""
 
 
+class _VersionAction(argparse.Action):
+    """--version, reading the installed version only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(message=f"fedpic {pic_core.__version__}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpic", description="Federated personalized image cropping.")
-    parser.add_argument("--version", action="version", version=f"fedpic {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
-        register = getattr(module, "register", None) or getattr(module, "register_cli")
-        register(subparsers)
+    for group in COMMAND_GROUPS:
+        group.register(subparsers)
     return parser
 
 

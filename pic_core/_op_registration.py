@@ -16,9 +16,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-OP_NAMESPACE = "fedpic"
-
-
 def _import(name: str) -> Optional[str]:
     """Import an extension module; None on success, else the reason it failed."""
     try:

@@ -1,7 +1,11 @@
 """Atomic file writes: a temp file in the same folder, fsync, then rename over the target.
 
 Readers (and a device or server killed mid-write) never see half a file: the old file stays
-until the new one is complete. Every writer in the project goes through `atomic_open`.
+until the new one is complete. Files that a reader, a resume or another device depends on go
+through here: model files, checkpoints, personal states, keys, datasets, results. Not through
+here: rounds.jsonl (append-only, each line fsynced; see server/round_log.py), export archives
+(export.py writes its own temp file and renames it, torch's writer needs a path), and outputs
+rewritten whole on the next run (report.md, demo.json, the deployment's logs and Flower config).
 """
 from __future__ import annotations
 

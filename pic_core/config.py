@@ -3,6 +3,9 @@
 A config file is a mapping of sections (model, pre, prior, finetune, ...). Missing keys take
 the defaults below; an unknown key or a value of the wrong type is an error that names the
 file and the dotted field and lists the valid keys.
+
+Config files ship with the package (pic_core/configs/*.yaml). A config is named either by
+a path to a YAML file or by the name of a shipped one (`demo`, `tiny`, ...): see resolve_config.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 
@@ -65,7 +68,7 @@ class FinetuneConfig:
     lr: float = 1e-3
     shots: int = 5
     rank_weight: float = 1.0
-    smooth_l1_weight: float = 0.0  # the reference adds 0.8 * SmoothL1; rank only measured better (README, section Cropping photos)
+    smooth_l1_weight: float = 0.0  # the reference adds 0.8 * SmoothL1; rank only measured better (benchmarks/RESULTS.md)
     mode: str = "fast"  # fast: d_u (+ personal head, at lr) and crop-head offsets (at head_lr) on cached features
     delta_l2: float = 0.0  # pull d_u towards 0 (the population prior)
     head_lr: float = 1.0e-3  # fast mode: lr of the personal crop-head offsets (0: d_u alone)
@@ -214,11 +217,51 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
+SHIPPED_DIR = Path(__file__).with_name("configs")
+"""The configs installed with the package (package data)."""
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that ship with fedpic."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
+
+
+def resolve_config(spec: Union[str, Path]) -> Path:
+    """The YAML file a --config value names, from any working directory.
+
+    1. an existing file (absolute, or relative to the working directory) is that file;
+    2. a bare name (`demo`, `tiny.yaml`) is the shipped pic_core/configs/<name>.yaml;
+    3. a missing `.../configs/<name>.yaml` (the layout before configs became package data)
+       is the shipped config of that name.
+    Anything else is a ConfigError naming the value and the shipped names.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(".yaml")
+    if (path.parent == Path(".") or path.parent.name == "configs") and (SHIPPED_DIR / f"{stem}.yaml").is_file():
+        return SHIPPED_DIR / f"{stem}.yaml"
+    raise ConfigError(f"{spec}: no such config file, and not the name of a shipped config "
+                      f"({', '.join(shipped_configs())})")
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """['a.b=3', 'c=x'] -> {'a.b': 3, 'c': 'x'} with YAML typing of the values (what --set takes)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def load_config(path: Optional[Union[str, Path]] = None, cls: type = Config, overrides: Optional[dict] = None) -> Any:
-    """Read a YAML config (or take the defaults), apply `overrides` (dotted keys), validate."""
+    """Read a YAML config (a path or a shipped name, see resolve_config; None: the defaults),
+    apply `overrides` (dotted keys), validate."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         try:
             text = path.read_text()
         except OSError as exc:

@@ -1,4 +1,5 @@
-"""`fedpic crop`: photos and folders in; the best crops out.
+"""Batch cropping, the library behind `fedpic crop` (fedpic/commands/crop.py): photos and folders in,
+the best crops out.
 
 Writes, under --out: crops.jsonl (one JSON line per photo: boxes in original pixels as
 displayed, scores, the files written, or the error), the cropped images (mirroring the
@@ -9,27 +10,18 @@ on; the exit status is 1 when any photo failed.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Optional, Sequence
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
-from .cropper import Cropper, CropResult, set_threads
-from .data.images import load_image
+from .cropper import Cropper, CropResult
 from .data.records import DataError
-from .geometry import parse_aspect
-from .train import configure_runtime
 from .visualize import contact_sheet, cut, draw_boxes, save_rgb
 
-log = logging.getLogger("fedpic")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 SHEET_IMAGES = 24
@@ -118,63 +110,3 @@ def crop_one(cropper: Cropper, image: np.ndarray, aspect: Optional[float], top_k
             target = out_dir / name.parent / f"{name.name}_crop{crop.rank}{suffix}"
             files[i] = str(save_rgb(target, cut(image, crop.box)))
     return crops, files, millis
-
-
-def _open_jsonl(spec: Optional[str], out_dir: Path) -> tuple[IO[str], bool]:
-    if spec == "-":
-        return sys.stdout, False
-    path = Path(spec) if spec else out_dir / "crops.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("w", encoding="utf-8"), True
-
-
-def run_crop_command(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
-
-    config = config_from_args(args)
-    device = configure_runtime(config)
-    set_threads(config.threads)
-    aspect = parse_aspect(args.aspect)
-    if args.top < 1:
-        raise ValueError(f"--top must be at least 1, got {args.top}")
-    inputs = collect_inputs(args.images)
-    if not inputs.photos:
-        raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in "
-                        f"{', '.join(map(str, args.images))} ({inputs.skipped} other files skipped)")
-    cropper = Cropper.load(args.model, args.user_state, str(device), profile=args.profile)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sheets = SheetWriter(out_dir, args.sheet_size)
-    failures: list[tuple[Path, str]] = []
-    times: list[float] = []
-    stream, close = _open_jsonl(args.jsonl, out_dir)
-    try:
-        for path, name in tqdm(inputs.photos, desc="crop", unit="photo", disable=not config.progress):
-            record: dict = {"image": str(path)}
-            try:
-                image = load_image(path)
-                suffix = ".png" if path.suffix.lower() == ".png" else ".jpg"
-                crops, files, millis = crop_one(cropper, image, aspect, args.top, out_dir, name, suffix,
-                                                not args.no_crops)
-            except (DataError, OSError) as exc:
-                failures.append((path, str(exc)))
-                log.error("%s", exc)
-                record["error"] = str(exc)
-            else:
-                times.append(millis)
-                record.update(width=int(image.shape[1]), height=int(image.shape[0]), aspect=args.aspect,
-                              ms=round(millis, 2),
-                              crops=[c.as_dict() | ({"file": f} if f else {}) for c, f in zip(crops, files)])
-                sheets.add(thumbnail_with_boxes(image, crops), str(name))
-            stream.write(json.dumps(record) + "\n")
-            stream.flush()
-        sheets.flush()
-    finally:
-        if close:
-            stream.close()
-    log.info("cropped %d photos (median %.1f ms each, %s), %d failed, %d non-image files skipped; "
-             "results in %s, %d contact sheet(s)", len(times), float(np.median(times)) if times else 0.0,
-             cropper.description, len(failures), inputs.skipped, out_dir, len(sheets.written))
-    for path, message in failures:
-        print(f"fedpic crop: failed: {message}", file=sys.stderr)
-    return 1 if failures else 0

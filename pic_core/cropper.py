@@ -9,58 +9,28 @@ personalizing from a user's own crops all see a photo the same way.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
-import cv2
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .checkpoint import load_model, load_user_state
 from .data.images import to_network_input
+from .export import compile_cached
+from .exported import is_exported_file, load_program
 from .geometry import ASPECT_LIMITS, aspect_anchors, grid_anchors, resized_size, to_original, to_resized
-from .inference import scoring_copy
+from .inference import MIN_INPUT_SIDE, Backend, ScoringModule
 from .model import CropScorer
-from .train import resolve_device
+from .profiles import Profile, get_profile
+from .runtime import resolve_device
 
 log = logging.getLogger("fedpic")
 
-MIN_INPUT_SIDE = 64
-"""Smallest network input side: the stride-32 map must be at least 2x2 (and export assumes it)."""
 LONG_SIDE_FACTOR = 4
 """The network input's long side is capped at this many short sides (panoramas shrink instead)."""
-FAST_MODEL = {"width": 0.35, "short_side": 160, "hidden": 256}
-"""What configs/fast.yaml sets (the `fast` profile warns when a model differs)."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Runtime settings for inference. The model's size comes from the model file itself.
-
-    `fast` is meant for a model trained with configs/fast.yaml (`expects` lists the model
-    fields that preset sets); with another model only its runtime settings apply.
-    """
-
-    name: str
-    channels_last: bool = True  # NHWC input and weights (measured faster for MobileNetV2 on CPU)
-    compile: bool = False  # on CPU: AOTInductor-compile the scoring graph once, cached (see export.py)
-    expects: dict = field(default_factory=dict)
-    description: str = ""
-
-
-PROFILES = {
-    "default": Profile("default", description="any model; eager PyTorch, channels-last"),
-    "fast": Profile("fast", compile=True, expects=FAST_MODEL,
-                    description="a model trained with configs/fast.yaml, compiled ahead of time on first use"),
-}
-
-
-def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return PROFILES[name]
 
 
 @dataclass
@@ -71,27 +41,6 @@ class CropResult:
 
     def as_dict(self) -> dict:
         return {"rank": self.rank, "box": [round(v, 2) for v in self.box], "score": round(self.score, 5)}
-
-
-class ScoringModule(nn.Module):
-    """image (1, 3, H, W) normalized, boxes (K, 4) in input pixels -> scores (K,).
-
-    The one graph both the eager backend and `fedpic export` run, so the exported program
-    and the eager model compute the same thing. The user's d_u is part of the module.
-    """
-
-    def __init__(self, model: CropScorer, personal: bool):
-        super().__init__()
-        self.model = scoring_copy(model, personal)  # BatchNorms folded: same scores, less work per photo
-        self.personal = personal
-
-    def forward(self, image: Tensor, boxes: Tensor) -> Tensor:
-        with_batch = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
-        return self.model(image, with_batch, personal=self.personal)
-
-
-Backend = Callable[[Tensor, Tensor], Tensor]
-"""(image (1, 3, H, W), boxes (K, 4) in input pixels) -> scores (K,)."""
 
 
 def input_short_side(height: int, width: int, short_side: int) -> int:
@@ -126,13 +75,11 @@ class Cropper:
         mismatched = {k: (getattr(model.config, k), v) for k, v in profile.expects.items()
                       if getattr(model.config, k) != v}
         if mismatched:
-            log.warning("profile %s expects a model trained with configs/%s.yaml; this one differs (%s): "
+            log.warning("profile %s expects a model trained with `--config %s`; this one differs (%s): "
                         "only the runtime settings apply", profile.name, profile.name,
                         ", ".join(f"{k}={have} not {want}" for k, (have, want) in mismatched.items()))
         if profile.compile and device.type == "cpu":
-            from .export import compiled_cropper
-
-            return compiled_cropper(model, personal, profile)
+            return load_exported(compile_cached(model, personal, profile.name), "cpu")
         channels_last = profile.channels_last and device.type == "cpu"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -143,8 +90,6 @@ class Cropper:
     def load(cls, model_path: Union[str, Path], user_state: Optional[Union[str, Path]] = None,
              device: str = "auto", profile: Union[str, Profile] = "default") -> "Cropper":
         """A model file from training, or an exported program from `fedpic export` (detected)."""
-        from .export import is_exported_file, load_exported
-
         torch_device = resolve_device(device)
         if is_exported_file(model_path):
             if user_state is not None:
@@ -203,9 +148,7 @@ class Cropper:
                 for rank, i in enumerate(order)]
 
 
-def set_threads(threads: int) -> None:
-    """Torch and OpenCV thread counts (OpenCV's resize is part of every photo's time)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
-
+def load_exported(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Cropper:
+    """A Cropper running a file written by `fedpic export` (see exported.load_program)."""
+    program = load_program(path, device)
+    return Cropper(program.backend, program.short_side, program.device, description=program.description)

@@ -8,6 +8,7 @@ whose kernel covers the whole A x A aligned patch, runs as one matrix product. U
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,3 +68,28 @@ def scoring_copy(model: CropScorer, personal: bool = True) -> CropScorer:
     for parameter in scorer.parameters():
         parameter.requires_grad_(False)
     return scorer
+
+
+MIN_INPUT_SIDE = 64
+"""Smallest network input side: the stride-32 map must be at least 2x2 (and export assumes it)."""
+
+
+class ScoringModule(nn.Module):
+    """image (1, 3, H, W) normalized, boxes (K, 4) in input pixels -> scores (K,).
+
+    The one graph both the eager backend and `fedpic export` run, so the exported program
+    and the eager model compute the same thing. The user's d_u is part of the module.
+    """
+
+    def __init__(self, model: CropScorer, personal: bool):
+        super().__init__()
+        self.model = scoring_copy(model, personal)  # BatchNorms folded: same scores, less work per photo
+        self.personal = personal
+
+    def forward(self, image: Tensor, boxes: Tensor) -> Tensor:
+        with_batch = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
+        return self.model(image, with_batch, personal=self.personal)
+
+
+Backend = Callable[[Tensor, Tensor], Tensor]
+"""(image (1, 3, H, W), boxes (K, 4) in input pixels) -> scores (K,)."""

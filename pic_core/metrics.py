@@ -2,7 +2,7 @@
 
 Every metric is computed per image and then averaged over images, so a large image
 with many candidates weighs no more than a small one. Tie rules are fixed here (and in
-README, section Data formats, metrics and errors) so that two runs on the same scores always give the same numbers:
+docs/formats.md, section Metrics) so that two runs on the same scores always give the same numbers:
 
 * top-K predicted crops: stable sort by descending prediction, ties to the lower index;
 * "in the ground-truth top-N": gt score >= the N-th best gt score (boundary ties hit);
@@ -18,6 +18,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
 from .geometry import box_iou
 
@@ -160,66 +161,6 @@ def top1_iou(pred_scores: np.ndarray, boxes: np.ndarray, best_gt_boxes: np.ndarr
 
 # ---------------------------------------------------------------- confidence intervals
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b) for 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """Student-t cumulative distribution function."""
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be positive, got {df}")
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Inverse of t_cdf by bracketing and bisection (to ~1e-12 relative)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"probability must lie strictly between 0 and 1, got {p}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """(mean, half width) of the t confidence interval of the mean.
 
@@ -236,4 +177,4 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     if arr.size == 1:
         return mean, math.nan
     sem = float(arr.std(ddof=1)) / math.sqrt(arr.size)
-    return mean, t_quantile(0.5 + confidence / 2.0, arr.size - 1) * sem
+    return mean, float(stats.t.ppf(0.5 + confidence / 2.0, arr.size - 1)) * sem

@@ -27,7 +27,7 @@ from . import _op_registration
 IMPLS = ("auto", "compiled", "reference")
 COMPILED_DTYPES = (torch.float32, torch.float64)
 BUILD_HINT = ("build it with `make install` or `pip install --no-build-isolation -e .` "
-              "(see README, section Compiled RoI + RoD align)")
+              "(see docs/kernels.md)")
 _warned_fallback: set[str] = set()
 
 

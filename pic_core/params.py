@@ -84,12 +84,6 @@ def from_numpy(arrays: Mapping[str, np.ndarray]) -> "OrderedDict[str, torch.Tens
     return OrderedDict((k, torch.from_numpy(np.require(v, requirements="C"))) for k, v in arrays.items())
 
 
-def num_bytes(state: Mapping[str, torch.Tensor | np.ndarray]) -> int:
-    """Payload size of a state in its own dtypes."""
-    return int(sum(np.asarray(v).nbytes if isinstance(v, np.ndarray) else v.numel() * v.element_size()
-                   for v in state.values()))
-
-
 def trainable_shared_parameters(model: nn.Module, exclude_prefixes: Iterable[str] = ()) -> list[nn.Parameter]:
     """Shared parameters, minus any under the given prefixes (e.g. a frozen backbone)."""
     exclude = tuple(exclude_prefixes)

@@ -55,10 +55,10 @@ class PopulationResult:
     def from_dict(cls, data: Mapping, where: str = "result") -> "PopulationResult":
         """Read back as_dict / to_json output; the summary is recomputed from per_user (null -> NaN)."""
         if not isinstance(data, Mapping) or not all(k in data for k in RESULT_KEYS):
-            raise ValueError(f"{where}: expected an object with keys {', '.join(RESULT_KEYS)}")
+            raise ValueError(f"{where}: expected an object with keys {', '.join(RESULT_KEYS)}")  # noqa: TRY004
         per_user = data["per_user"]
         if not isinstance(per_user, Mapping):
-            raise ValueError(f"{where}.per_user: expected a mapping user -> metrics")
+            raise ValueError(f"{where}.per_user: expected a mapping user -> metrics")  # noqa: TRY004
         try:
             shots = int(data["shots"])
             users = {str(u): {str(k): math.nan if v is None else float(v) for k, v in m.items()}
@@ -154,14 +154,3 @@ def gains(better: PopulationResult, base: PopulationResult, key: str = "acc1_5")
             for u in better.per_user if u in base.per_user
             and math.isfinite(better.per_user[u].get(key, math.nan))
             and math.isfinite(base.per_user[u].get(key, math.nan))}
-
-
-def summarize_results(results: Mapping[str, PopulationResult], key: str = "acc1_5") -> list[dict]:
-    """One row per method: mean and 95% CI of `key`, for tables."""
-    rows = []
-    for name, result in results.items():
-        stats = result.summary((key,)).get(key)
-        if stats:
-            rows.append({"method": name, "shots": result.shots, "mean": stats["mean"], "ci95": stats["ci95"],
-                         "users": stats["users"]})
-    return rows

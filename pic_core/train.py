@@ -7,7 +7,7 @@ FedRep-style rounds, so central and federated training run the same code.
 from __future__ import annotations
 
 import copy
-import random
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -38,28 +38,15 @@ class TrainLog:
         return {"stage": self.stage, "epoch_losses": self.epoch_losses, "seconds": round(self.seconds, 3),
                 "steps": self.steps}
 
+    def final_loss(self, default: float = math.nan) -> float:
+        """The last epoch's loss; `default` when no epoch ran (devices report 0.0, never NaN)."""
+        return float(self.epoch_losses[-1]) if self.epoch_losses else default
 
-def set_seed(seed: int) -> None:
-    """Seed every generator a run touches."""
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def configure_runtime(config: Config) -> torch.device:
-    """Seed, thread count and device from the config."""
-    set_seed(config.seed)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    return resolve_device(config.device)
+    def summary(self) -> str:
+        """'first -> last' epoch loss, for one-line logs."""
+        if not self.epoch_losses:
+            return "no epochs"
+        return f"{self.epoch_losses[0]:.4f} -> {self.final_loss():.4f}"
 
 
 def _epoch_order(count: int, rng: np.random.Generator) -> np.ndarray:
@@ -200,10 +187,6 @@ def train_prior(model: CropScorer, users: Mapping[str, Sequence[CropSet]], confi
         log = run_epochs(model, samples, parameters, epochs=cfg.epochs, seed=config.seed, stage="prior", **common)
     deltas = {uid: table.weight[row].detach().cpu().clone() for row, uid in enumerate(user_ids)}
     return log, deltas
-
-
-def personal_parameters(model: CropScorer) -> list[nn.Parameter]:
-    return list(model.personal.parameters())
 
 
 @torch.no_grad()

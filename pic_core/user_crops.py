@@ -15,7 +15,6 @@ listed more than once (several acceptable crops): a candidate counts its best ov
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -26,7 +25,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .checkpoint import load_model, save_user_state
+from . import metrics
 from .config import Config
 from .cropper import Cropper
 from .data.images import load_image
@@ -43,7 +42,7 @@ SHARPNESS = 2.0
 WEAK_OVERLAP = 0.5
 """Below this best candidate IoU, a photo's crop teaches little: say so."""
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2")
-FAST_EPOCHS = 10  # the fast path's settings, measured in benchmarks/fewshot.py (README, section Cropping photos)
+FAST_EPOCHS = 10  # the fast path's settings, measured in benchmarks/fewshot.py (benchmarks/RESULTS.md)
 FAST_LR = 5e-2  # d_u
 FAST_HEAD_LR = 1e-3  # personal crop-head offsets
 """Fast-path settings (benchmarks/fewshot.py): the 16-d d_u needs a larger step than the
@@ -204,8 +203,7 @@ def prepare_photo(cropper: Cropper, photo: PhotoCrops, sharpness: float = SHARPN
 
 def top1_iou(scores: np.ndarray, photo: PhotoSample) -> float:
     """IoU between the best free candidate under `scores` and the user's nearest crop."""
-    best = int(np.argmax(scores[: photo.free]))
-    return float(box_iou(photo.candidates[best][None], photo.user_boxes).max())
+    return metrics.top1_iou(scores[: photo.free], photo.candidates[: photo.free], photo.user_boxes)
 
 
 @dataclass
@@ -251,21 +249,3 @@ def personalize_from_crops(model: CropScorer, crops: Sequence[UserCrop], config:
     return CropsReport(len(photos), len(crops),
                        float(np.mean([top1_iou(s, p) for s, p in zip(generic, photos)])),
                        float(np.mean([top1_iou(s, p) for s, p in zip(personal, photos)])), train_log)
-
-
-def run_personalize_from_crops(args: argparse.Namespace, config: Config, device: torch.device) -> int:
-    """`fedpic personalize --crops FILE --model M --out STATE`."""
-    if config.finetune.mode != "fast":
-        log.info("--crops always uses the fast path (personal parameters on cached features); "
-                 "finetune.mode=%s is ignored",
-                 config.finetune.mode)
-    crops = read_user_crops(args.crops)
-    model, _ = load_model(args.model, device)
-    report = personalize_from_crops(model, crops, config, device, epochs=args.epochs or FAST_EPOCHS,
-                                    lr=args.lr or FAST_LR)
-    user_id = args.user or Path(args.crops).stem
-    save_user_state(args.out, model, user_id, {"source": "crops", "crops_file": str(args.crops)} | report.as_dict())
-    log.info("personalized %s from %d crops on %d photos in %.2fs; top-1 IoU with your crops: generic %.2f -> "
-             "personalized %.2f; wrote %s", user_id, report.crops, report.photos, report.train.seconds,
-             report.top1_iou_generic, report.top1_iou_personal, args.out)
-    return 0

@@ -2,7 +2,7 @@
 
 Run config keys ([tool.flwr.app.config] in pyproject.toml, `flwr run . --run-config`, or
 bound by `fedpic simulate`):
-  config       YAML config file (relative: to the working directory, else to the app folder)
+  config       YAML config: a file (relative to the working directory) or a shipped config's name (`demo`)
   config-json  the full fedpic config as JSON (wins over `config`; what `fedpic simulate` sends)
   overrides    "federation.rounds=3 federation.fraction=0.5": dotted config overrides (like --set)
   out-dir      where rounds.jsonl, checkpoint.pt and model.pt go
@@ -22,12 +22,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 import pic_core
-from pic_core.cli import parse_overrides
-from pic_core.config import Config, ConfigError, from_dict, load_config
+from pic_core.config import Config, ConfigError, from_dict, load_config, parse_overrides
 
 from .loop import ServerSettings, run_federation
 
-APP_DIR = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
 
 
@@ -45,10 +43,7 @@ def resolve_config(run_config: Mapping[str, Any]) -> Config:
     if run_config.get("config-json"):
         return from_dict(Config, json.loads(str(run_config["config-json"])), "config-json")
     overrides = parse_overrides(str(run_config.get("overrides") or "").split())
-    path = _path(run_config.get("config"))
-    if path is not None and not path.is_absolute() and not path.exists() and (APP_DIR / path).exists():
-        path = APP_DIR / path
-    return load_config(path, overrides=overrides)
+    return load_config(_path(run_config.get("config")), overrides=overrides)
 
 
 def server_settings(run_config: Mapping[str, Any]) -> ServerSettings:

@@ -29,7 +29,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Self, Sequence
+
+from pic_core.config import resolve_config
 
 from .pki import DeviceKey, ServerPki, make_device_key, make_server_pki
 
@@ -99,7 +101,7 @@ class DeploymentSettings:
     out_dir: Path
     data_dir: Path
     users: list[str]  # one SuperNode per user
-    config: Path  # fedpic YAML config, read by the ServerApp
+    config: Path | str  # fedpic YAML config (a file or a shipped name), read by the ServerApp
     overrides: list[str] = field(default_factory=list)  # "federation.rounds=2" ...
     ports: Ports = field(default_factory=Ports)
     init_model: Optional[Path] = None
@@ -150,7 +152,7 @@ class Deployment:
             f"root-certificates = {_toml_str(self.pki.ca_cert)}\n", encoding="utf-8")
 
     def _spawn(self, command: Sequence[str], log_name: str) -> subprocess.Popen:
-        handle = open(self.logs / log_name, "ab")
+        handle = open(self.logs / log_name, "ab")  # noqa: SIM115  open while the process runs; close() shuts it
         self._log_handles.append(handle)
         handle.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(command)}\n".encode())
         handle.flush()
@@ -259,7 +261,7 @@ class Deployment:
     # ---- runs ---------------------------------------------------------------------------------
     def run_config(self, resume: bool = False) -> str:
         settings = self.settings
-        values = {"config": str(Path(settings.config).resolve()), "overrides": " ".join(settings.overrides),
+        values = {"config": str(resolve_config(settings.config).resolve()), "overrides": " ".join(settings.overrides),
                   "out-dir": str(self.server_out), "state-dir": str(self.state_dir),
                   "data-dir": str(settings.data_dir.resolve()), "devices": len(self.devices),
                   "init-model": str(Path(settings.init_model).resolve()) if settings.init_model else "",
@@ -324,7 +326,7 @@ class Deployment:
             handle.close()
         self._log_handles.clear()
 
-    def __enter__(self) -> "Deployment":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -29,7 +29,7 @@ from pic_core.config import Config, ConfigError, to_dict
 from pic_core.exchange import FEDPIC_CONFIG, conform, encoding_for, payload_bytes, upload_keys
 from pic_core.model import CropScorer
 from pic_core.params import from_numpy, load_shared, shared_state, to_numpy
-from pic_core.train import set_seed
+from pic_core.runtime import set_seed
 
 from .checkpoint import CHECKPOINT_FILE, ServerState, load_server_state, save_server_state
 from .round_log import LOG_FILE, RoundLog

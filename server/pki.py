@@ -64,7 +64,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _certificate(subject: x509.Name, issuer: x509.Name, public_key, signer, ca: bool) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
                .not_valid_after(now + dt.timedelta(days=VALID_DAYS))

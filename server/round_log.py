@@ -1,4 +1,4 @@
-"""The per-round JSONL log: one JSON object per completed round (format in README, section Federated prior training).
+"""The per-round JSONL log: one JSON object per completed round (format in docs/formats.md).
 
 A round's line is written before its checkpoint. On resume, lines of rounds after the
 checkpoint's round (written by a server that stopped before checkpointing them) are
@@ -7,27 +7,13 @@ dropped, so the file always lists each round once, in order, whatever was interr
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any
 
 from pic_core.atomic import atomic_write_text
+from pic_core.protocol import json_safe
 
 LOG_FILE = "rounds.jsonl"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def read_rounds(path: Path) -> list[dict]:
@@ -55,14 +41,16 @@ class RoundLog:
         self.path = Path(path)
 
     def truncate_after(self, last_round: int) -> None:
-        """Keep only rounds <= last_round (a fresh run: last_round = 0 empties the file)."""
+        """Keep only rounds <= last_round (a fresh run passes -1 and empties the file: round 0 is the
+        initial evaluation, written again by that run)."""
         kept = [r for r in read_rounds(self.path) if int(r.get("round", 0)) <= last_round]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def append(self, record: dict) -> None:
+        """One line, fsynced before the round's checkpoint is written (the module docstring says why)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(_clean(record), sort_keys=True) + "\n")
+            handle.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())

@@ -31,7 +31,8 @@ from pic_core.data.records import UserData
 from pic_core.model import CropScorer
 from pic_core.protocol import PopulationResult, evaluate_users, few_shot_sets, oracle_result, pretrain_sets
 from pic_core.samples import SampleCache
-from pic_core.train import TrainLog, pretrain, run_epochs, set_seed, train_prior
+from pic_core.runtime import set_seed
+from pic_core.train import TrainLog, pretrain, run_epochs, train_prior
 
 log = logging.getLogger("fedpic.baselines")
 

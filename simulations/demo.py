@@ -1,6 +1,6 @@
-"""`fedpic demo`: the whole story on the embedded synthetic default, in minutes on a laptop CPU.
+"""The whole story on the embedded synthetic default, in minutes on a laptop CPU (`fedpic demo`).
 
-    fedpic demo --config configs/demo.yaml --out runs/demo
+    fedpic demo --out runs/demo          # --config demo is the default
 
 1. population: `fedpic synth` (40 users x 32 images by default) into OUT/population;
 2. federation: `fedpic simulate` into OUT/federated (pre stage, Flower rounds, evaluation);
@@ -11,7 +11,6 @@ that stopped part way resumes from its last checkpoint, and only the report is r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -19,9 +18,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from pic_core.cli import add_common_options, config_from_args
 from pic_core.config import Config
-from pic_core.data.synthetic import DEFAULT_IMAGES, PopulationSpec, generate, split_counts
+from pic_core.data.synthetic import PopulationSpec, generate
+from server.checkpoint import CHECKPOINT_FILE
+
+from .federated import RESULTS_FILE
+from .report import build_report
+from .simulate import run_simulation
 
 log = logging.getLogger("fedpic.demo")
 
@@ -47,9 +50,6 @@ def ensure_population(spec: PopulationSpec, folder: Path, progress: bool) -> Pat
 
 def federation_state(folder: Path) -> str:
     """'done' (results.json written), 'stopped' (a checkpoint without results) or 'new'."""
-    from .federated import RESULTS_FILE
-    from server.checkpoint import CHECKPOINT_FILE
-
     if (folder / RESULTS_FILE).is_file():
         return "done"
     return "stopped" if (folder / CHECKPOINT_FILE).is_file() else "new"
@@ -57,9 +57,6 @@ def federation_state(folder: Path) -> str:
 
 def run_demo(config: Config, out: Path, spec: Optional[PopulationSpec] = None) -> Path:
     """Population -> federated simulation -> report; returns the report's path."""
-    from .report import build_report
-    from .simulate import run_simulation
-
     out = Path(out)
     spec = spec or PopulationSpec(seed=config.seed)
     timing: dict[str, float] = {}
@@ -83,21 +80,3 @@ def run_demo(config: Config, out: Path, spec: Optional[PopulationSpec] = None) -
                                                "timing": timing}, indent=1) + "\n")
     log.info("demo: %s", ", ".join(f"{k} {v:.0f}" for k, v in timing.items()))
     return report
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    prior, train, test = split_counts(args.images_per_user)
-    spec = PopulationSpec(users=args.users, prior=prior, train=train, test=test, seed=config.seed)
-    report = run_demo(config, args.out, spec)
-    print(f"report: {report}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="synthetic population -> federated simulation -> report, in one go")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--users", type=int, default=PopulationSpec.users, help="simulated users (default %(default)s)")
-    p.add_argument("--images-per-user", type=int, default=DEFAULT_IMAGES, help="photos per user (default %(default)s)")
-    add_common_options(p)
-    p.set_defaults(func=_cmd_demo, config=Path("configs/demo.yaml"))

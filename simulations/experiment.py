@@ -3,7 +3,7 @@
     RUN_DIR/pre.pt            the pre-stage model (method `generic`)
     RUN_DIR/prior.pt          the prior-stage model (methods `prior`, `centralized`)
     RUN_DIR/user_states/n<N>/<user>.pt   each user's fitted d_u for N shots (finetune mode fast)
-    RUN_DIR/results.json      format "fedpic-results" (README, section Evaluation, baselines and reports): every method x shots
+    RUN_DIR/results.json      format "fedpic-results" (docs/formats.md): every method x shots
     RUN_DIR/gallery.json      crop picks for the report's galleries
 
 `fedpic report RUN_DIR` turns the folder into report.md with plots and galleries.
@@ -27,12 +27,14 @@ from pic_core.data.records import UserData
 from pic_core.model import CropScorer
 from pic_core.protocol import PopulationResult, json_safe
 from pic_core.samples import SampleCache
-from pic_core.train import TrainLog, configure_runtime
+from pic_core.runtime import configure_runtime
+from pic_core.train import TrainLog
 
 from .baselines import (METHODS, LocalOnlySettings, evaluate_centralized, evaluate_generic, evaluate_local_only,
                         evaluate_oracle, evaluate_prior, load_users, objective_only, relabel, train_generic,
                         train_prior_model)
 from .gallery import GALLERY_FILE, GalleryRecorder, plan_gallery, user_families
+from .paths import recorded_paths, resolve_recorded
 
 log = logging.getLogger("fedpic.experiment")
 
@@ -46,7 +48,7 @@ USER_STATES = "user_states"
 
 def results_payload(results: Sequence[PopulationResult], *, kind: str, data_dir: Union[str, Path],
                     config: Optional[Config] = None, extra: Optional[dict] = None) -> dict:
-    """The results JSON object (format "fedpic-results", README, section Evaluation, baselines and reports)."""
+    """The results JSON object (format "fedpic-results", docs/formats.md)."""
     payload = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "fedpic_version": __version__,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "kind": kind, "data": str(data_dir),
                "config": to_dict(config) if config is not None else None,
@@ -57,14 +59,17 @@ def results_payload(results: Sequence[PopulationResult], *, kind: str, data_dir:
 
 
 def write_results(path: Union[str, Path], payload: dict) -> Path:
-    """Strict JSON, written atomically."""
+    """Strict JSON, written atomically; the dataset path is recorded relative to the file's folder."""
     path = Path(path)
+    if payload.get("data"):
+        payload = {**payload, **recorded_paths("data", payload["data"], path)}
     atomic_write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     return path
 
 
 def read_results(path: Union[str, Path]) -> tuple[dict, list[PopulationResult]]:
-    """(payload, results) of a "fedpic-results" file; ValueError naming the file when it is not one."""
+    """(payload, results) of a "fedpic-results" file (its "data" resolved from the file's folder);
+    ValueError naming the file when it is not one."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text())
@@ -76,6 +81,9 @@ def read_results(path: Union[str, Path]) -> tuple[dict, list[PopulationResult]]:
     if payload.get("format_version") != RESULTS_VERSION:
         raise ValueError(f"{path}: format_version {payload.get('format_version')}, this fedpic reads {RESULTS_VERSION}")
     results = [PopulationResult.from_dict(r, f"{path}: results[{i}]") for i, r in enumerate(payload["results"])]
+    data = resolve_recorded(payload, "data", path)
+    if data is not None:  # back to a path from here (write_results records it again)
+        payload["data"] = str(data)
     return payload, results
 
 
@@ -120,7 +128,7 @@ def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[s
         timing[f"{name}_seconds"] = time.perf_counter() - start
         logs[name] = train_log.as_dict()
         save_model(out_dir / file, model, to_dict(config), name, {"train": logs[name]})
-        log.info("%s: loss %s in %.1fs", name, _last(train_log.epoch_losses), timing[f"{name}_seconds"])
+        log.info("%s: loss %s in %.1fs", name, train_log.summary(), timing[f"{name}_seconds"])
         return model
 
     pre_model = stage("pre", lambda: train_generic(dataset, users, config, cache, device), PRE_MODEL)
@@ -183,7 +191,3 @@ def _chain(hooks: Sequence[Callable[[UserData, CropScorer], None]]) -> Callable[
         for hook in hooks:
             hook(user, scorer)
     return run
-
-
-def _last(values: list[float]) -> str:
-    return f"{values[-1]:.4f}" if values else "-"

@@ -5,7 +5,7 @@ Each user of a dataset folder becomes one simulated device (Ray actor slots set 
 loads, with the run config bound here. Output folder:
 
   pre.pt         the pre-stage model the federation starts from (when trained here)
-  rounds.jsonl   one line per round (server/round_log.py; format in README, section Federated prior training)
+  rounds.jsonl   one line per round (server/round_log.py; format in docs/formats.md)
   checkpoint.pt  SHARED weights + round + strategy state, for --resume
   model.pt       the final model: a normal fedpic model file
   devices/<u>/   each simulated device's own disk: personal.pt (d_u), taps cache
@@ -38,7 +38,7 @@ from pic_core.data import DataError
 from pic_core.data.dataset import Dataset
 from pic_core.protocol import PopulationResult, evaluate_users
 from pic_core.samples import SampleCache
-from pic_core.train import configure_runtime
+from pic_core.runtime import configure_runtime
 from server.app import make_server_app
 from server.checkpoint import CHECKPOINT_FILE
 from server.loop import MODEL_FILE
@@ -243,7 +243,7 @@ def communication_summary(rounds: Sequence[dict]) -> dict:
 
 
 def write_results(plan: SimulationPlan, timing: dict, results: Sequence[PopulationResult]) -> Path:
-    """results.json in the "fedpic-results" format (README, section Evaluation, baselines and reports) with the federated run's facts."""
+    """results.json in the "fedpic-results" format (docs/formats.md) with the federated run's facts."""
     rounds = read_rounds(plan.out_dir / LOG_FILE)
     extra = {
         "shots": [plan.config.finetune.shots], "users": len(plan.users), "population_users": plan.users,

@@ -31,6 +31,8 @@ from pic_core.model import CropScorer
 from pic_core.protocol import json_safe
 from pic_core.visualize import contact_sheet, draw_boxes
 
+from .paths import recorded_paths
+
 log = logging.getLogger("fedpic.gallery")
 
 GALLERY_FILE = "gallery.json"
@@ -146,8 +148,9 @@ class GalleryRecorder:
                 "data": str(self.data_dir), "families": families, "sheets": [s.as_dict() for s in self.sheets]}
 
     def write(self, path: Path, method: str, shots: int, families: dict[str, str]) -> Path:
-        """gallery.json for `fedpic report` (atomic)."""
-        return atomic_write_text(path, json.dumps(json_safe(self.as_dict(method, shots, families)), indent=1) + "\n")
+        """gallery.json for `fedpic report` (atomic; the dataset recorded relative to the file's folder)."""
+        payload = self.as_dict(method, shots, families) | recorded_paths("data", self.data_dir, path)
+        return atomic_write_text(path, json.dumps(json_safe(payload), indent=1) + "\n")
 
 
 def _box(box: np.ndarray) -> list[float]:

@@ -1,6 +1,6 @@
 """`fedpic report RUN_DIR`: a markdown report of whatever results a run folder holds.
 
-Inputs (README, section Evaluation, baselines and reports): results files RUN_DIR/results.json and RUN_DIR/*/results.json, in
+Inputs (docs/evaluation.md, docs/formats.md): results files RUN_DIR/results.json and RUN_DIR/*/results.json, in
 which every JSON object with the keys method, shots and per_user is one method's evaluation
 (so centralized "fedpic-results" files and federated result files are read alike);
 round logs RUN_DIR/rounds.jsonl and RUN_DIR/*/rounds.jsonl (one JSON object per round with
@@ -33,6 +33,7 @@ from server.round_log import read_rounds  # noqa: E402
 
 from .baselines import METHODS  # noqa: E402
 from .gallery import GALLERY_FILE, draw_sheet, user_families  # noqa: E402
+from .paths import resolve_recorded  # noqa: E402
 
 log = logging.getLogger("fedpic.report")
 
@@ -348,10 +349,11 @@ def _save(fig: Any, path: Path) -> Path:
 # ---------------------------------------------------------------- the report
 
 def _data_dir(run: RunContents) -> Optional[Path]:
-    for payload in list(run.payloads.values()) + list(run.galleries.values()):
-        data = payload.get("data") if isinstance(payload, dict) else None
-        if data and Path(data).is_dir():
-            return Path(data)
+    """The dataset folder a results or gallery file records (relative to that file's folder)."""
+    for rel, payload in list(run.payloads.items()) + list(run.galleries.items()):
+        folder = resolve_recorded(payload, "data", run.run_dir / rel) if isinstance(payload, dict) else None
+        if folder is not None and folder.is_dir():
+            return folder
     return None
 
 
@@ -368,7 +370,7 @@ def write_galleries(run: RunContents, figures: Path, data_dir: Optional[Path]) -
     """One PNG per gallery sheet; sheets whose photo cannot be found are noted and skipped."""
     written = []
     for rel, gallery in run.galleries.items():
-        root = Path(gallery.get("data") or "") if gallery.get("data") else data_dir
+        root = (resolve_recorded(gallery, "data", run.run_dir / rel) if isinstance(gallery, dict) else None) or data_dir
         prefix = "" if "/" not in rel else rel.split("/")[0] + "_"
         for sheet in gallery.get("sheets", []):
             photo = (root / "images" / sheet["image"]) if root else None
@@ -377,8 +379,8 @@ def write_galleries(run: RunContents, figures: Path, data_dir: Optional[Path]) -
                 continue
             image = draw_sheet(sheet, load_image(photo), gallery.get("families", {}))
             path = save_rgb(figures / f"{prefix}{sheet['name']}.png", image)
-            written.append((f"{sheet.get('title', sheet['name'])} ({gallery.get('method', '?')}, "
-                            f"N = {gallery.get('shots', '?')}, photo {sheet['image']})", path))
+            written.append(((f"{sheet.get('title', sheet['name'])} ({gallery.get('method', '?')}, "
+                             f"N = {gallery.get('shots', '?')}, photo {sheet['image']})"), path))
     return written
 
 
@@ -434,9 +436,9 @@ def build_report(run_dir: Path) -> Path:
                       f"![learning curves]({path.relative_to(run.run_dir)})", ""]
     sheets = write_galleries(run, figures, data_dir)
     if sheets:
-        lines += ["## Crop galleries", "", "Each tile is the same photo: the generic model's best crop (yellow), "
+        lines += ["## Crop galleries", "", ("Each tile is the same photo: the generic model's best crop (yellow), "
                   "or one user's personalized best crop (red, `model`) with the user's own best crop "
-                  "(white, `own`) when it is known.", ""]
+                  "(white, `own`) when it is known."), ""]
         for title, path in sheets:
             lines += [f"**{title}**", "", f"![{title}]({path.relative_to(run.run_dir)})", ""]
     if run.notes:

@@ -1,6 +1,6 @@
-"""`fedpic simulate`: the federated prior stage over a synthetic (or any) population, end to end.
+"""The federated prior stage over a synthetic (or any) population, end to end (`fedpic simulate`).
 
-    fedpic simulate --config configs/demo.yaml --data runs/demo/population --out runs/demo/federated
+    fedpic simulate --config demo --data runs/demo/population --out runs/demo/federated
     fedpic simulate ... --resume          # continue a stopped run from its last checkpoint
 
 Steps: pre stage on generic.csv (unless --init gives a model file), Flower simulation of
@@ -9,28 +9,23 @@ final model (generic and few-shot personalized, per user, mean with 95% CI).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
-from typing import TYPE_CHECKING, Optional, Sequence
-
-from pic_core.cli import add_common_options, config_from_args
 from pic_core.config import Config
 from pic_core.data.dataset import Dataset
 
-if TYPE_CHECKING:  # .federated imports Flower: loaded when the command runs, not for every `fedpic`
-    from .federated import SimulationPlan
+from .federated import (HOLDOUT_SUFFIX, PRE_FILE, SimulationPlan, check_out_dir, check_ray_address,
+                        evaluate_population, pretrain_model, run_federated, split_population, write_results)
 
 log = logging.getLogger("fedpic.simulate")
 
 
 def make_plan(config: Config, data_dir: Path, out_dir: Path, init_model: Optional[Path] = None,
-              resume: bool = False) -> "SimulationPlan":
+              resume: bool = False) -> SimulationPlan:
     """The population split and start model of a run (a resumed run reuses its own out/pre.pt)."""
-    from .federated import PRE_FILE, SimulationPlan, split_population
-
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     users, holdout = split_population(Dataset(data_dir), config.federation.population)
     if init_model is None and resume and (out_dir / PRE_FILE).is_file():
@@ -39,23 +34,8 @@ def make_plan(config: Config, data_dir: Path, out_dir: Path, init_model: Optiona
                           init_model=Path(init_model) if init_model else None, resume=resume)
 
 
-def plan_from_args(args: argparse.Namespace) -> "SimulationPlan":
-    overrides = list(args.overrides or [])
-    if args.rounds is not None:
-        overrides.append(f"federation.rounds={args.rounds}")
-    if args.population is not None:
-        overrides.append(f"federation.population={args.population}")
-    if args.ray_address is not None:
-        overrides.append(f"federation.ray_address={args.ray_address}")
-    args.overrides = overrides
-    return make_plan(config_from_args(args), args.data, args.out, args.init, args.resume)
-
-
-def run(plan: "SimulationPlan", evaluate: bool = True, client_mods: Sequence = ()) -> Path:
+def run(plan: SimulationPlan, evaluate: bool = True, client_mods: Sequence = ()) -> Path:
     """Pretrain (when needed), simulate, evaluate; returns the results.json path."""
-    from .federated import HOLDOUT_SUFFIX, check_out_dir, check_ray_address, evaluate_population, pretrain_model, \
-        run_federated, write_results
-
     check_out_dir(plan)
     if plan.config.federation.ray_address:
         check_ray_address(plan.config.federation.ray_address)  # fail before the pre stage, not after
@@ -88,25 +68,3 @@ def run_simulation(config: Config, data_dir: Path, out_dir: Path, *, init_model:
                    resume: bool = False, evaluate: bool = True) -> Path:
     """`fedpic simulate` as a function (what `fedpic demo` chains): returns the results.json path."""
     return run(make_plan(config, data_dir, out_dir, init_model, resume), evaluate=evaluate)
-
-
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    run(plan_from_args(args), evaluate=not args.skip_eval)
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("simulate", help="federated prior training with Flower's simulation engine "
-                                               "(one simulated device per user)")
-    p.add_argument("--data", type=Path, required=True, help="dataset directory (images/, generic.csv, users/)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (model.pt, rounds.jsonl, results.json)")
-    p.add_argument("--init", type=Path, help="start from this model file (default: pre stage on generic.csv)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--rounds", type=int, help="override federation.rounds")
-    p.add_argument("--population", type=int, help="override federation.population (first N users take part)")
-    p.add_argument("--skip-eval", action="store_true", help="no population evaluation after training")
-    p.add_argument("--ray-address", metavar="HOST:PORT",
-                   help="run the simulated devices on this existing Ray cluster (the head's address from "
-                        "`ray start --head`; default: a fresh local Ray on this machine)")
-    add_common_options(p)
-    p.set_defaults(func=_cmd_simulate)

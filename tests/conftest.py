@@ -59,20 +59,20 @@ def toy_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_config():
-    """configs/tiny.yaml: the smallest model that exercises every part."""
-    return load_config(ROOT / "configs" / "tiny.yaml")
+    """The shipped `tiny` config: the smallest model that exercises every part."""
+    return load_config("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory) -> Path:
-    """A randomly initialized configs/tiny.yaml model saved as a model file (seed 0)."""
+    """A randomly initialized `tiny` model saved as a model file (seed 0)."""
     import torch
 
     from pic_core.checkpoint import save_model
     from pic_core.config import to_dict
     from pic_core.model import CropScorer
 
-    config = load_config(ROOT / "configs" / "tiny.yaml")
+    config = load_config("tiny")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_model") / "tiny.pt"
     save_model(path, CropScorer(config.model).eval(), to_dict(config), "test")

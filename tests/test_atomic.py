@@ -7,10 +7,9 @@ from pic_core.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
     target = tmp_path / "state.bin"
     atomic_write_bytes(target, b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_open(target, "wb") as handle:
-            handle.write(b"new but incomplete")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_open(target, "wb") as handle:
+        handle.write(b"new but incomplete")
+        raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
 
@@ -23,6 +22,5 @@ def test_text_writes_create_folders_and_replace_whole_files(tmp_path):
 
 
 def test_only_whole_file_modes_are_accepted(tmp_path):
-    with pytest.raises(ValueError, match="mode"):
-        with atomic_open(tmp_path / "f", "ab"):
-            pass
+    with pytest.raises(ValueError, match="mode"), atomic_open(tmp_path / "f", "ab"):
+        pass

@@ -1,6 +1,6 @@
 """Bad input everywhere a user can reach: one clear error naming the file, line or field.
 
-One case per row of the fault table in README, section Deployment and reliability; `--skip-bad` turns bad rows
+One case per row of the fault table in docs/deployment.md; `--skip-bad` turns bad rows
 into counted skips instead.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ import torch
 from fedpic.cli import main
 from pic_core.checkpoint import load_model
 
-TINY = ["--config", "configs/tiny.yaml"]
+TINY = ["--config", "tiny"]
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,37 @@ from pathlib import Path
 
 import pytest
 
-from pic_core.config import Config, ConfigError, load_config
+from pic_core.config import (SHIPPED_DIR, Config, ConfigError, load_config, parse_overrides, resolve_config,
+                             shipped_configs)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = SHIPPED_DIR
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "tiny.yaml"])
-def test_shipped_configs_load(name):
-    path = CONFIGS / name
-    if not path.exists():
-        pytest.skip(f"{name} not present")
-    assert isinstance(load_config(path), Config)
+@pytest.mark.parametrize("name", ["demo", "fast", "paper", "quality", "tiny"])
+def test_shipped_configs_load_by_name_and_path(name):
+    assert name in shipped_configs()
+    assert load_config(name) == load_config(CONFIGS / f"{name}.yaml") == load_config(f"{name}.yaml")
+    assert isinstance(load_config(name), Config)
+
+
+def test_config_resolution_from_another_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config("tiny") == CONFIGS / "tiny.yaml"
+    assert resolve_config("configs/tiny.yaml") == CONFIGS / "tiny.yaml"  # the layout before package data
+    (tmp_path / "tiny.yaml").write_text("seed: 5\n")  # a file here wins over the shipped name
+    assert resolve_config("tiny.yaml") == Path("tiny.yaml") and load_config("tiny.yaml").seed == 5
+    assert load_config("tiny").seed == 0  # a bare name with no such file here: the shipped config
+    with pytest.raises(ConfigError, match="nosuch.*not the name of a shipped config.*tiny"):
+        load_config("nosuch")
+    with pytest.raises(ConfigError, match="elsewhere/demo.yaml: no such config file"):
+        load_config("elsewhere/demo.yaml")
+
+
+def test_parse_overrides_types_values():
+    assert parse_overrides(["prior.epochs=3", "device=cpu", "prior.lr=0.001", "progress=false"]) == {
+        "prior.epochs": 3, "device": "cpu", "prior.lr": 0.001, "progress": False}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["prior.epochs"])
 
 
 def test_paper_config_carries_reference_settings():

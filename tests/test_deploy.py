@@ -55,7 +55,7 @@ def scenario(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     data = make_toy_dataset(root / "data", users=3, images_per_user=4)
     settings = DeploymentSettings(out_dir=root / "out", data_dir=data, users=["user0", "user1", "user2"],
-                                  config=ROOT / "configs" / "tiny.yaml", overrides=OVERRIDES, ports=Ports(39310))
+                                  config="tiny", overrides=OVERRIDES, ports=Ports(39310))
     facts: dict = {}
     deployment = Deployment(settings)
     try:
@@ -69,7 +69,7 @@ def scenario(tmp_path_factory):
                                        "the unregistered SuperNode to be refused")
         facts["intruder_log"] = _log(deployment, "supernode9.log")
 
-        run_id = deployment.submit()
+        deployment.submit()
         victim = deployment.devices[2]
         # device 2 is killed while it trains in round 1 (its ClientApp has received the message)
         _wait(lambda: "receiving: train message" in _log(deployment, "supernode2.log").lower(), 180,

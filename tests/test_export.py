@@ -11,11 +11,11 @@ import torch
 
 from fedpic.cli import main
 from pic_core.checkpoint import load_model, save_user_state
-from pic_core.cropper import Cropper
-from pic_core.export import ExportError, is_exported_file, load_exported
+from pic_core.cropper import Cropper, load_exported
+from pic_core.exported import ExportError, is_exported_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY = "tiny"
 
 
 @pytest.fixture(scope="module")

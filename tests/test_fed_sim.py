@@ -30,7 +30,7 @@ from server.round_log import read_rounds
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
+TINY = "tiny"
 OVERRIDES = {"pre.epochs": 1, "federation.rounds": 2, "federation.population": 3, "federation.fraction": 1.0,
              "federation.eval_every": 1, "federation.personal_epochs": 2, "federation.cpus_per_device": 1.0}
 

@@ -28,7 +28,8 @@ from pic_core.model import CropScorer
 from pic_core.params import BACKBONE_TAP_PREFIXES, is_backbone_tap, is_personal, shared_keys, shared_state, \
     to_numpy
 from pic_core.samples import SampleCache
-from pic_core.train import cached_crop_features, set_seed, train_personal, train_shared
+from pic_core.runtime import set_seed
+from pic_core.train import cached_crop_features, train_personal, train_shared
 from server.checkpoint import ServerState, load_server_state, save_server_state
 from server.round_log import RoundLog, read_rounds
 from server.screening import screen_replies
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """configs/tiny.yaml's threads: 1 (a simulated device's setting); 2 threads on a busy 2-core box crawl."""
+    """The tiny config's threads: 1 (a simulated device's setting); 2 threads on a busy 2-core box crawl."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -142,7 +143,7 @@ def test_screening_rejects_nonfinite_outliers_and_malformed_and_counts_them(mode
 @pytest.mark.parametrize("name,cls", [("fedavg", FedAvg), ("fedprox", FedProx), ("fedadam", FedAdam),
                                       ("fedmedian", FedMedian), ("fedtrimmedavg", FedTrimmedAvg)])
 def test_strategies_are_flowers_classes_with_fedpic_sampling(tiny_config, name, cls):
-    fed = load_config(ROOT / "configs" / "tiny.yaml", overrides={"federation.strategy": name,
+    fed = load_config("tiny", overrides={"federation.strategy": name,
                                                                  "federation.devices_per_round": 10,
                                                                  "federation.eval_fraction": 0.05}).federation
     plan = sampling(fed, 1000)
@@ -154,7 +155,7 @@ def test_strategies_are_flowers_classes_with_fedpic_sampling(tiny_config, name, 
 
 def test_strategy_args_are_checked_against_the_flower_signature(tiny_config):
     def fed(**over):
-        return load_config(ROOT / "configs" / "tiny.yaml",
+        return load_config("tiny",
                            overrides={f"federation.{k}": v for k, v in over.items()}).federation
     plan = sampling(fed(), 4)
     assert build_strategy(fed(strategy="fedprox", strategy_args={"proximal_mu": 0.5}), plan).proximal_mu == 0.5
@@ -168,7 +169,7 @@ def test_strategy_args_are_checked_against_the_flower_signature(tiny_config):
 
 def test_server_checkpoint_keeps_weights_round_and_fedadam_moments(tmp_path, model, tiny_config):
     arrays = _arrays(model)
-    fed = load_config(ROOT / "configs" / "tiny.yaml", overrides={"federation.strategy": "fedadam"}).federation
+    fed = load_config("tiny", overrides={"federation.strategy": "fedadam"}).federation
     strategy = build_strategy(fed, sampling(fed, 3))
     strategy.m_t = {k: np.ones_like(v, dtype=np.float64) for k, v in arrays.items()}
     strategy.v_t = {k: np.full(v.shape, 2.0) for k, v in arrays.items()}

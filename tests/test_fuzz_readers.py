@@ -8,17 +8,15 @@ leaking through, a hang) is a bug.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import make_toy_dataset
 from pic_core.checkpoint import CheckpointError, load_model, load_user_state, save_model, save_user_state
-from pic_core.config import ConfigError, load_config, to_dict
+from pic_core.config import ConfigError, load_config, resolve_config, to_dict
 from pic_core.data import DataError, image_size, load_image, read_cpc, read_json, read_user_csv, write_json
 from pic_core.data.dataset import Dataset
 from pic_core.model import CropScorer
@@ -70,7 +68,7 @@ def _check(call, path: Path) -> None:
 def valid(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     data = make_toy_dataset(root / "data", users=1, images_per_user=4)
-    config = load_config(ROOT / "configs" / "tiny.yaml")
+    config = load_config("tiny")
     model = CropScorer(config.model)
     save_model(root / "model.pt", model, to_dict(config), "prior")
     save_user_state(root / "state.pt", model, "user0")
@@ -137,7 +135,7 @@ def test_png(valid, data):
 @FUZZ
 @given(data=st.data())
 def test_yaml_config(valid, data):
-    _fuzz(valid, ROOT / "configs" / "tiny.yaml", "tiny.yaml", load_config, data)
+    _fuzz(valid, resolve_config("tiny"), "tiny.yaml", load_config, data)
 
 
 @settings(max_examples=10, deadline=None, derandomize=True,

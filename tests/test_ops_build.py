@@ -3,7 +3,6 @@ version mismatch) on fake toolkits, without compiling anything."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import stat
 from pathlib import Path
 

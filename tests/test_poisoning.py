@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, Krum
 
 from client.privacy import KEY_CLIPPING_NORM, optional_clipping_mod
 from fed_capture import server_message
-from pic_core.config import ConfigError, to_dict
+from pic_core.config import ConfigError
 from pic_core.exchange import ARRAYS, CONFIG, FEDPIC_CONFIG, METRICS, NUM_EXAMPLES, encode_update, upload_keys
 from pic_core.model import CropScorer
 from pic_core.params import shared_state, to_numpy

@@ -12,7 +12,7 @@ import pytest
 from fedpic.cli import main
 from pic_core.protocol import PopulationResult
 from simulations.experiment import read_results, results_payload, write_results
-from simulations.report import REPORT_FILE, build_report, curve_groups, load_run, paired_gain
+from simulations.report import REPORT_FILE, _data_dir, build_report, curve_groups, load_run, paired_gain
 from test_baselines import make_population
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory) -> Path:
     data = make_population(base / "data", users=4)
     out = base / "run"
     code = main(["baselines", "--data", str(data), "--out", str(out), "--shots", "1", "2", "--local-epochs", "1",
-                 "--config", str(ROOT / "configs" / "tiny.yaml"), "--set", "pre.epochs=1", "--set", "prior.epochs=1",
+                 "--config", "tiny", "--set", "pre.epochs=1", "--set", "prior.epochs=1",
                  "--gallery-users", "2"])
     assert code == 0
     return out
@@ -70,8 +70,28 @@ def test_report_files_and_tables(run_dir, tmp_path):
     assert all(t["own_best"] is not None for t in overview["tiles"][1:])  # synthetic tastes give every user's own best
 
 
+def test_report_finds_the_moved_dataset_from_any_folder(run_dir, tmp_path, monkeypatch):
+    """results.json/gallery.json record the dataset relative to themselves: a run folder moved together
+    with its dataset, reported from an unrelated working directory, still finds its photos."""
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir.parent / "data", moved / "data")
+    run = _copy(run_dir, moved)
+    payload = json.loads((run / "results.json").read_text())
+    assert payload["data"] == "../data" and Path(payload["data_absolute"]).is_absolute()
+    assert json.loads((run / "gallery.json").read_text())["data"] == "../data"
+    assert read_results(run / "results.json")[0]["data"] == str(run / "../data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert _data_dir(load_run(Path("../moved/run"))).resolve() == (moved / "data").resolve()  # not the original
+    assert main(["report", "../moved/run"]) == 0
+    text = (run / REPORT_FILE).read_text()
+    assert "## Population" in text and "4 users" in text and "skipped: photo" not in text
+    _image_ok(run / "figures" / "gallery_overview.png")
+
+
 def _fed_rounds(count: int) -> list[dict]:
-    """Round records shaped like server/round_log.py writes them (README, section Federated prior training)."""
+    """Round records shaped like server/round_log.py writes them (docs/formats.md)."""
     metrics = ("acc1_5", "acc_5", "acc_10", "wacc_5", "srcc")
     return [{"round": r, "strategy": "fedavg", "aggregated": r > 0, "upload_bytes_mean": 1000.0,
              "train": None if r == 0 else {"loss-personal": 1.0 / (r + 1), "loss-shared": 2.0 / (r + 1),

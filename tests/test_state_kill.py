@@ -43,11 +43,11 @@ while True:
 @pytest.mark.timeout(120)
 def test_state_survives_kills_during_writes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    config = load_config(ROOT / "configs" / "tiny.yaml")
+    config = load_config("tiny")
     model = CropScorer(config.model)
     store = PersonalStateStore(tmp_path, "user0")
     for delay in (0.05, 0.13, 0.29):
-        child = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(ROOT / "configs" / "tiny.yaml")],
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "tiny"],
                                  env=env, stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "1"  # at least one complete write
         time.sleep(delay)

@@ -1,7 +1,6 @@
 """The synthetic population: file formats, determinism, oracle scores and taste divergence."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -11,8 +10,12 @@ import numpy as np
 import pytest
 
 from pic_core.data.scenes import Scene, make_scene, render_scene
-from pic_core.data.synthetic import (PopulationSpec, candidate_boxes, generate, main, make_users, plan_images,
-                                     population_stats, probe_scenes, probe_stats, register_cli, run, split_counts)
+from fedpic.cli import build_parser
+from fedpic.cli import main as fedpic_main
+from fedpic.commands import data as data_commands
+from pic_core.data.synthetic import (DEFAULT_IMAGES, DEFAULT_USERS, PopulationSpec, candidate_boxes, generate,
+                                     make_users, plan_images, population_stats, probe_scenes, probe_stats,
+                                     split_counts)
 from pic_core.data.tastes import FAMILIES, Taste, crop_facts, draw_taste
 from pic_core.geometry import grid_anchors, resized_size, to_original
 
@@ -159,6 +162,10 @@ def test_split_counts():
         PopulationSpec(users=0)
 
 
+def main(argv):
+    return fedpic_main(["synth", *argv])
+
+
 def test_cli_writes_dataset(tmp_path, capsys):
     out = tmp_path / "pop"
     assert main(["--out", str(out), "--users", "2", "--images-per-user", "3", "--probe-images", "2",
@@ -171,12 +178,13 @@ def test_cli_writes_dataset(tmp_path, capsys):
                  "--no-progress", "--force"]) == 2
 
 
-def test_register_cli_adds_synth_subcommand(tmp_path):
-    parser = argparse.ArgumentParser(prog="fedpic")
-    register_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["synth", "--users", "2", "--images-per-user", "2", "--out", str(tmp_path / "d"),
-                              "--shared-images", "--seed", "7"])
-    assert args.func is run and args.shared_images and args.seed == 7 and args.users == 2
+def test_synth_subcommand_parses_and_its_defaults_match_the_generator(tmp_path):
+    args = build_parser().parse_args(["synth", "--users", "2", "--images-per-user", "2", "--out",
+                                      str(tmp_path / "d"), "--shared-images", "--seed", "7"])
+    assert args.func is data_commands.run and args.shared_images and args.seed == 7 and args.users == 2
+    defaults = build_parser().parse_args(["synth", "--out", str(tmp_path / "d")])
+    assert defaults.users == DEFAULT_USERS == data_commands.USERS and data_commands.IMAGES == DEFAULT_IMAGES
+    assert data_commands.spec_from_args(defaults) == PopulationSpec(users=DEFAULT_USERS, prior=12, train=10, test=10)
 
 
 def test_scene_facts_inside_image_and_rendered_visibly():

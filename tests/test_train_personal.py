@@ -1,6 +1,5 @@
 """The fast personalization path: which PERSONAL parameters it fits, and that the crop-head
 offsets let it fit a user's ranking that d_u alone cannot."""
-import copy
 
 import pytest
 import torch

@@ -16,7 +16,7 @@ from pic_core.geometry import box_iou
 from pic_core.user_crops import group_by_photo, preference_scores, read_user_crops
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY = "tiny"
 SIZES = [(192, 256), (256, 192), (200, 300), (240, 240), (180, 320)]
 
 

@@ -12,20 +12,16 @@ a deterministic taste function (tastes.py). The output is a dataset directory (D
     users.json            each user's family, parameter vector, noise seed and images per split
     population.json       seed, counts, family names and the divergence statistics
 
-The same arguments give byte-identical files. `python -m pic_core.data.synthetic --help`.
+The same arguments give byte-identical files. The command is `fedpic synth` (fedpic/commands/data.py).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
 import multiprocessing
-import os
 import shutil
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -346,74 +342,3 @@ def population_stats(root: Path | str) -> dict:
     stats.update(probe_stats(sample, probe_scenes(int(population["seed"]), int(population.get("probe_images", 100)))))
     stats["probe_users"] = len(sample)
     return stats
-
-
-# ---------------------------------------------------------------- command line
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="dataset directory to write")
-    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help=f"number of users (default {DEFAULT_USERS})")
-    parser.add_argument("--images-per-user", type=int, default=None,
-                        help=f"images per user (default {DEFAULT_IMAGES}), split prior:train:test as 12:10:10 "
-                             "unless the split counts below are given")
-    parser.add_argument("--prior-images", type=int, default=None, help="images per user in the prior pool")
-    parser.add_argument("--train-images", type=int, default=None, help="images per user in the few-shot pool")
-    parser.add_argument("--test-images", type=int, default=None, help="images per user held out for testing")
-    parser.add_argument("--shared-images", action="store_true",
-                        help="one image pool scored by every user (same photos, different tastes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--probe-images", type=int, default=100, help="scenes every user scores for the statistics")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="rendering processes")
-    parser.add_argument("--force", action="store_true", help="replace a dataset already in --out")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def spec_from_args(args: argparse.Namespace) -> PopulationSpec:
-    explicit = (args.prior_images, args.train_images, args.test_images)
-    if args.images_per_user is None and None not in explicit:
-        counts = explicit
-    else:
-        images = DEFAULT_IMAGES if args.images_per_user is None else args.images_per_user
-        counts = split_counts(images, *explicit)
-        if args.images_per_user is not None and sum(counts) != images:
-            raise ValueError(f"--images-per-user {images} does not match the split counts {counts}")
-    return PopulationSpec(users=args.users, prior=counts[0], train=counts[1], test=counts[2], seed=args.seed,
-                          shared=args.shared_images, probe=args.probe_images, quality=args.quality)
-
-
-def run(args: argparse.Namespace) -> int:
-    """The `synth` command: generate, then print the counts and statistics."""
-    try:
-        spec = spec_from_args(args)
-        start = time.perf_counter()
-        population = generate(spec, args.out, workers=max(1, args.workers), progress=not args.no_progress,
-                              force=args.force)
-    except (ValueError, FileExistsError) as err:
-        print(f"fedpic synth: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {population['images']} images for {spec.users} users to {args.out} "
-          f"in {time.perf_counter() - start:.1f} s")
-    print(json.dumps({"counts": population["counts"], "families": population["families"],
-                      "stats": population["stats"]}, indent=1))
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `synth` subcommand to the fedpic command line."""
-    parser = subparsers.add_parser("synth", help="generate a synthetic population of users, images and crop scores",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pic_core.data.synthetic", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -47,7 +47,7 @@ def _header(path: Path, reader: "csv._reader") -> list[str]:
 
 
 class _Row:
-    __slots__ = ("line", "box", "score", "split")
+    __slots__ = ("box", "line", "score", "split")
 
     def __init__(self, line: int, box: np.ndarray, score: float, split: Optional[str]):
         self.line, self.box, self.score, self.split = line, box, score, split

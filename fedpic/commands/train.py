@@ -1,8 +1,4 @@
-"""Command-line commands of the centralized core: pretrain, prior, personalize, evaluate, crop, export.
-
-Each module that adds commands exposes `register(subparsers)`; the `fedpic` entry point
-(fedpic/cli.py) collects them, so pic_core stays free of the federation.
-"""
+"""Training commands: `fedpic pretrain`, `prior`, `personalize` and `evaluate` (centralized stages)."""
 from __future__ import annotations
 
 import argparse
@@ -10,60 +6,25 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import yaml
+from pic_core.config import Config, ConfigError, to_dict
 
-from .checkpoint import load_model, load_user_state, save_model, save_user_state
-from .config import Config, ConfigError, load_config, to_dict
-from .data import DataError
-from .cropper import PROFILES
-from .data.sources import crop_sets_for_pretrain, open_dataset
-from .model import CropScorer
-from .protocol import evaluate_users
-from .samples import SampleCache
-from .train import configure_runtime, evaluate, finetune, pretrain, train_prior
+from .common import add_common_options, config_from_args
+
+if TYPE_CHECKING:  # torch-heavy types, imported where the commands run
+    from pic_core.model import CropScorer
 
 log = logging.getLogger("fedpic")
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """--config, --set, --device, --threads, --seed, --quiet: the same on every command."""
-    parser.add_argument("--config", type=Path, help="YAML config (see configs/); unknown keys are an error")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set prior.epochs=2 (repeatable)")
-    parser.add_argument("--device", help="auto | cpu | cuda (overrides the config)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config)")
-    parser.add_argument("--seed", type=int, help="random seed (overrides the config)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip bad rows/images of the dataset with a counted warning instead of stopping")
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """['a.b=3', 'c=x'] -> {'a.b': 3, 'c': 'x'} with YAML typing of the values."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def config_from_args(args: argparse.Namespace, cls: type = Config):
-    """The run config: file, then --set overrides, then the dedicated flags."""
-    overrides = parse_overrides(getattr(args, "overrides", []) or [])
-    for flag in ("device", "threads", "seed"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[flag] = value
-    if getattr(args, "quiet", False):
-        overrides["progress"] = False
-    return load_config(getattr(args, "config", None), cls, overrides)
-
-
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from pic_core.checkpoint import save_model
+    from pic_core.data.sources import crop_sets_for_pretrain
+    from pic_core.runtime import configure_runtime
+    from pic_core.samples import SampleCache
+    from pic_core.train import pretrain
+
     config = config_from_args(args)
     device = configure_runtime(config)
     crop_sets = crop_sets_for_pretrain(args.data, skip_bad=getattr(args, "skip_bad", False))
@@ -71,12 +32,18 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     cache = SampleCache(config.model.short_side)
     train_log = pretrain(model, crop_sets, config, cache, device)
     save_model(args.out, model, to_dict(config), "pre", {"train": train_log.as_dict(), "images": len(crop_sets)})
-    log.info("pre: %d images, loss %s -> %s; wrote %s", len(crop_sets), _first(train_log.epoch_losses),
-             _last(train_log.epoch_losses), args.out)
+    log.info("pre: %d images, loss %s; wrote %s", len(crop_sets), train_log.summary(), args.out)
     return 0
 
 
 def _cmd_prior(args: argparse.Namespace) -> int:
+    from pic_core.checkpoint import save_model, save_user_state
+    from pic_core.data import DataError
+    from pic_core.data.sources import open_dataset
+    from pic_core.runtime import configure_runtime
+    from pic_core.samples import SampleCache
+    from pic_core.train import train_prior
+
     config = config_from_args(args)
     device = configure_runtime(config)
     dataset = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False))
@@ -93,21 +60,25 @@ def _cmd_prior(args: argparse.Namespace) -> int:
             model.personal.reset()
             model.personal.delta.data.copy_(delta)
             save_user_state(Path(args.user_states) / f"{uid}.pt", model, uid, {"stage": "prior"})
-    log.info("prior: %d users, loss %s -> %s; wrote %s", len(users), _first(train_log.epoch_losses),
-             _last(train_log.epoch_losses), args.out)
+    log.info("prior: %d users, loss %s; wrote %s", len(users), train_log.summary(), args.out)
     return 0
 
 
 def _cmd_personalize(args: argparse.Namespace) -> int:
+    from pic_core.checkpoint import load_model, save_model, save_user_state
+    from pic_core.data import DataError
+    from pic_core.data.sources import open_dataset
+    from pic_core.runtime import configure_runtime
+    from pic_core.samples import SampleCache
+    from pic_core.train import finetune
+
     config = config_from_args(args)
     device = configure_runtime(config)
     if (args.crops is None) == (args.data is None):
         raise ConfigError("personalize: give either --data DIR with --user U (scored crops) or --crops FILE "
                           "(the crops you made yourself)")
     if args.crops is not None:
-        from .user_crops import run_personalize_from_crops
-
-        return run_personalize_from_crops(args, config, device)
+        return _personalize_from_crops(args, config, device)
     if not args.user:
         raise ConfigError("personalize --data: --user U is required")
     if args.epochs is not None or args.lr is not None:
@@ -130,7 +101,34 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _personalize_from_crops(args: argparse.Namespace, config: Config, device) -> int:
+    """`fedpic personalize --crops FILE --model M --out STATE`."""
+    from pic_core.checkpoint import load_model, save_user_state
+    from pic_core.user_crops import FAST_EPOCHS, FAST_LR, personalize_from_crops, read_user_crops
+
+    if config.finetune.mode != "fast":
+        log.info("--crops always uses the fast path (personal parameters on cached features); "
+                 "finetune.mode=%s is ignored", config.finetune.mode)
+    crops = read_user_crops(args.crops)
+    model, _ = load_model(args.model, device)
+    report = personalize_from_crops(model, crops, config, device, epochs=args.epochs or FAST_EPOCHS,
+                                    lr=args.lr or FAST_LR)
+    user_id = args.user or Path(args.crops).stem
+    save_user_state(args.out, model, user_id, {"source": "crops", "crops_file": str(args.crops)} | report.as_dict())
+    log.info("personalized %s from %d crops on %d photos in %.2fs; top-1 IoU with your crops: generic %.2f -> "
+             "personalized %.2f; wrote %s", user_id, report.crops, report.photos, report.train.seconds,
+             report.top1_iou_generic, report.top1_iou_personal, args.out)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pic_core.checkpoint import load_model, load_user_state
+    from pic_core.data import DataError
+    from pic_core.data.sources import open_dataset
+    from pic_core.runtime import configure_runtime
+    from pic_core.samples import SampleCache
+    from pic_core.train import evaluate
+
     config = config_from_args(args)
     device = configure_runtime(config)
     model, _ = load_model(args.model, device)
@@ -155,8 +153,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_population(args: argparse.Namespace, config: Config, model: CropScorer, device) -> int:
+def _evaluate_population(args: argparse.Namespace, config: Config, model: "CropScorer", device) -> int:
     """Batch form: every user personalized from N shots and scored on unseen test images."""
+    from pic_core.data.sources import open_dataset
+    from pic_core.protocol import evaluate_users
+    from pic_core.samples import SampleCache
+
     dataset = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False))
     users = list(dataset.users())
     shots = args.shots if args.shots is not None else config.finetune.shots
@@ -176,19 +178,11 @@ def _evaluate_population(args: argparse.Namespace, config: Config, model: CropSc
     return 0
 
 
-def _cmd_crop(args: argparse.Namespace) -> int:
-    from .crop_tool import run_crop_command
+def _initial_model(init: Optional[Path], config: Config, device) -> "CropScorer":
+    """The --init model file, else a fresh model of the config."""
+    from pic_core.checkpoint import load_model
+    from pic_core.model import CropScorer
 
-    return run_crop_command(args)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import run_export_command
-
-    return run_export_command(args)
-
-
-def _initial_model(init: Optional[Path], config: Config, device) -> CropScorer:
     if init:
         model, _ = load_model(init, device)
         if replace(config.model, backbone_weights=None) != model.config:
@@ -197,15 +191,9 @@ def _initial_model(init: Optional[Path], config: Config, device) -> CropScorer:
     return CropScorer(config.model).to(device)
 
 
-def _first(values: list[float]) -> str:
-    return f"{values[0]:.4f}" if values else "-"
-
-
-def _last(values: list[float]) -> str:
-    return f"{values[-1]:.4f}" if values else "-"
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """pretrain, prior, personalize, evaluate."""
     p = subparsers.add_parser("pretrain", help="stage pre: objective crop quality on generic scores")
     p.add_argument("--data", type=Path, required=True,
                    help="dataset directory (generic.csv), GAICD directory, or a JSON/CPC annotation file")
@@ -227,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="dataset directory with users/<user>.csv (scored candidate crops)")
     p.add_argument("--crops", type=Path,
                    help="instead of --data: your own crops, CSV 'image,x1,y1,x2,y2' or JSON lines "
-                        '{"image": ..., "box": [x1, y1, x2, y2]} (see README, section Cropping photos)')
+                        '{"image": ..., "box": [x1, y1, x2, y2]} (see README, section Personalize from your crops)')
     p.add_argument("--user", help="user id (required with --data; default with --crops: the file's name)")
     p.add_argument("--shots", type=int, help="with --data: use the first N 'train' images (default: finetune.shots)")
     p.add_argument("--epochs", type=int, help="with --crops: passes over your photos (default 10)")
@@ -248,29 +236,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="also write the metrics here")
     add_common_options(p)
     p.set_defaults(func=_cmd_evaluate)
-
-    p = subparsers.add_parser("crop", help="best crops of photos (files or folders) for a user")
-    p.add_argument("images", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
-    p.add_argument("--model", type=Path, required=True,
-                   help="model file, or an exported program from `fedpic export` (detected)")
-    p.add_argument("--user-state", type=Path, help="user state (default: the generic model)")
-    p.add_argument("--profile", default="default", choices=sorted(PROFILES),
-                   help="runtime preset; `fast` is for a model trained with configs/fast.yaml")
-    p.add_argument("--aspect", help="output aspect ratio W:H: 16:9, 4:3, 1:1, 4:5, 9:16, ... (default: free)")
-    p.add_argument("--top", type=int, default=3, help="how many crops per image")
-    p.add_argument("--out", type=Path, default=Path("crops"), help="output folder")
-    p.add_argument("--jsonl", help="where to write the JSON lines (default OUT/crops.jsonl; - for stdout)")
-    p.add_argument("--no-crops", action="store_true", help="do not write the cropped images")
-    p.add_argument("--sheet-size", type=int, default=24, help="photos per contact sheet")
-    add_common_options(p)
-    p.set_defaults(func=_cmd_crop)
-
-    p = subparsers.add_parser("export", help="a model (+ a user state) as a torch.export program for `fedpic crop`")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--user-state", type=Path, help="bake this user's d_u in (default: the generic model)")
-    p.add_argument("--out", type=Path, required=True, help="file to write (.pt2)")
-    p.add_argument("--compile", action="store_true",
-                   help="also compile it ahead of time with AOTInductor for this machine's CPU (about a minute)")
-    p.add_argument("--no-check", action="store_true", help="skip comparing the program with the eager model")
-    add_common_options(p)
-    p.set_defaults(func=_cmd_export)

@@ -1,19 +1,21 @@
-"""Commands of the experiment layer: `fedpic baselines` (the centralized comparison) and
+"""Experiment commands: `fedpic baselines` (the centralized comparison on a dataset) and
 `fedpic report` (markdown + plots + crop galleries of a run folder)."""
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from pic_core.cli import add_common_options, config_from_args
+from .common import add_common_options, config_from_args
 
-log = logging.getLogger("fedpic")
+METHODS = ("generic", "prior", "local", "centralized", "oracle")
+"""simulations.baselines.METHODS' ids (a literal here so parsing needs no torch; a test checks they agree)."""
+LOCAL_EPOCHS, LOCAL_LR = 30, 1e-3
+"""simulations.baselines.LocalOnlySettings' defaults (likewise)."""
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from .baselines import LocalOnlySettings
-    from .experiment import run_centralized
+    from simulations.baselines import LocalOnlySettings
+    from simulations.experiment import run_centralized
 
     config = config_from_args(args)
     payload = run_centralized(args.data, config, args.out, shots=args.shots,
@@ -29,7 +31,7 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from simulations.report import build_report
 
     path = build_report(args.run_dir)
     print(f"wrote {path}")
@@ -37,18 +39,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .baselines import METHODS, LocalOnlySettings
-
+    """baselines, report."""
     p = subparsers.add_parser("baselines", help="train and evaluate every centralized baseline on a dataset folder")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (images/, generic.csv, users/)")
     p.add_argument("--out", type=Path, required=True, help="run folder: models, results.json, gallery.json")
     p.add_argument("--shots", type=int, nargs="+", default=[5, 10], help="few-shot images per user (default 5 10)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                    help="which methods (default: all)")
-    p.add_argument("--local-epochs", type=int, default=LocalOnlySettings.epochs,
-                   help=f"local-only: epochs from scratch on the N shots (default {LocalOnlySettings.epochs})")
-    p.add_argument("--local-lr", type=float, default=LocalOnlySettings.lr,
-                   help=f"local-only: Adam learning rate (default {LocalOnlySettings.lr})")
+    p.add_argument("--local-epochs", type=int, default=LOCAL_EPOCHS,
+                   help=f"local-only: epochs from scratch on the N shots (default {LOCAL_EPOCHS})")
+    p.add_argument("--local-lr", type=float, default=LOCAL_LR,
+                   help=f"local-only: Adam learning rate (default {LOCAL_LR})")
     p.add_argument("--gallery-users", type=int, default=4, help="users per family in the crop galleries")
     add_common_options(p)
     p.set_defaults(func=_cmd_baselines)

@@ -1,0 +1,41 @@
+"""Where a run executes: seeds, torch threads and the device, set once from the config."""
+from __future__ import annotations
+
+import random
+
+import cv2
+import numpy as np
+import torch
+
+from .config import Config
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator a run touches."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present; asking for 'cuda' without one is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    """Torch and OpenCV thread counts (OpenCV's resize is part of every photo's time); 0 keeps the defaults."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+
+
+def configure_runtime(config: Config) -> torch.device:
+    """Seed, thread count and device from the config."""
+    set_seed(config.seed)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    return resolve_device(config.device)
