@@ -12,10 +12,12 @@ and at least 13 points over generic.
 Communication: mean bytes a device uploads per round (from rounds.jsonl) over the full fp32
 model's bytes; target <= 25%.
 
-Scale: 1000 simulated devices (a synthetic population with few images each), 10 sampled
-per round, 3 rounds; wall time per round and the peak memory of the whole process tree
-(this process, Ray's daemons and workers: summed RSS, and PSS where the kernel reports it);
-target <= 6 GB.
+Scale: 1,000 and 10,000 simulated devices (one shared 3-photo pool, a score file per user),
+20 sampled per round, 3 rounds; seconds per round, disk per device and the peak memory of the
+whole process tree (this process, Ray's daemons and workers: summed RSS, and PSS where the
+kernel reports it); targets: peak <= 6 GB, the 10,000-device round within 20% of the 1,000-device
+round; plus a linear estimate for 1 M devices. Only the scale part:
+    python benchmarks/fed.py --skip-quality [--scale-devices 1000 10000]
 
     python benchmarks/fed.py [--config demo] [--work runs/bench/fed]
                              [--out runs/bench/fed.json] [--skip-quality] [--skip-scale]
@@ -220,10 +222,15 @@ def quality(config: Config, work: Path, reuse: Optional[Path] = None) -> dict:
     }
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
 def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int, pre: Optional[Path]) -> dict:
-    """Many devices, few sampled: does a round stay cheap and memory bounded?"""
-    data = dataset(work / f"data{devices}", PopulationSpec(users=devices, prior=3, train=0, test=0, seed=1,
-                                                           probe=0))
+    """Many devices, few sampled: does a round stay cheap and memory bounded? The population shares
+    one 3-photo pool (`fedpic synth --shared-images`), so its disk grows only by each user's score file."""
+    data = dataset(work / f"data{devices}", PopulationSpec(users=devices, prior=3, train=0, test=0, seed=0,
+                                                           probe=0, shared=True))
     config = copy.deepcopy(config)
     fed = config.federation
     fed.rounds, fed.devices_per_round, fed.eval_every, fed.population = rounds, per_round, 0, None
@@ -235,16 +242,48 @@ def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int,
     with MemorySampler() as memory:
         run_simulation(config, data, out, init_model=pre, evaluate=False)
     records = [r for r in read_rounds(out / "rounds.jsonl") if r["round"] > 0]
+    trained = [d for d in (out / "devices").iterdir() if d.is_dir()] if (out / "devices").is_dir() else []
     return {
         "devices": devices, "devices_per_round": per_round, "rounds": len(records),
         "round_seconds": [round(r["train_seconds"], 2) for r in records],
+        "mean_round_seconds": sum(r["train_seconds"] for r in records) / max(len(records), 1),
         "accepted_per_round": [r["accepted"] for r in records],
         "wall_seconds": time.perf_counter() - start,
         "peak_rss_gb": memory.peak_rss / GB, "peak_pss_gb": memory.peak_pss / GB,
         "peak_processes": memory.peak_processes,
+        "score_file_bytes_per_device": folder_bytes(data / "users") / devices,
+        "shared_images_bytes": folder_bytes(data / "images"),
+        "state_bytes_per_trained_device": sum(folder_bytes(d) for d in trained) / max(len(trained), 1),
+        "devices_with_state": len(trained),
         "pass": {"completed": len(records) == rounds and all(r["accepted"] == per_round for r in records),
                  "peak_memory_at_most_6_gb": memory.peak_pss / GB <= TARGETS["max_peak_memory_gb"]
                  if memory.peak_pss else memory.peak_rss / GB <= TARGETS["max_peak_memory_gb"]},
+    }
+
+
+def scale_summary(runs: list[dict], target_devices: int = 1_000_000) -> dict:
+    """Largest against smallest population: round time ratio (target within 20%) and a linear
+    estimate of memory, round time and disk for `target_devices` (what grows per device is only
+    Flower's node bookkeeping and each device's score file; the sampled work per round is fixed)."""
+    runs = sorted(runs, key=lambda r: r["devices"])
+    small, large = runs[0], runs[-1]
+    memory = lambda r: r["peak_pss_gb"] or r["peak_rss_gb"]  # noqa: E731
+    span = max(large["devices"] - small["devices"], 1)
+    per_device_gb = max(memory(large) - memory(small), 0.0) / span
+    per_device_s = max(large["mean_round_seconds"] - small["mean_round_seconds"], 0.0) / span
+    ratio = large["mean_round_seconds"] / small["mean_round_seconds"] if small["mean_round_seconds"] else None
+    return {
+        "devices": [r["devices"] for r in runs], "round_seconds_ratio": ratio,
+        "memory_gb_per_extra_device": per_device_gb,
+        "estimate": {"devices": target_devices,
+                     "peak_memory_gb": memory(large) + per_device_gb * (target_devices - large["devices"]),
+                     "seconds_per_round": large["mean_round_seconds"]
+                     + per_device_s * (target_devices - large["devices"]),
+                     "score_files_gb": large["score_file_bytes_per_device"] * target_devices / GB,
+                     "method": "linear in the population from the two measured runs (same devices per round)"},
+        "pass": {"round_seconds_within_20_percent": ratio is not None and ratio <= 1.2,
+                 "all_completed": all(r["pass"]["completed"] for r in runs),
+                 "peak_memory_at_most_6_gb": all(r["pass"]["peak_memory_at_most_6_gb"] for r in runs)},
     }
 
 
@@ -258,8 +297,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--federated-run", type=Path,
                         help="a finished `fedpic simulate` folder started from --work/pre.pt, used instead of a "
                              "fresh federated run")
-    parser.add_argument("--scale-devices", type=int, default=1000)
-    parser.add_argument("--scale-per-round", type=int, default=10)
+    parser.add_argument("--scale-devices", type=int, nargs="+", default=[1000, 10000],
+                        help="populations to run (default 1000 10000)")
+    parser.add_argument("--scale-per-round", type=int, default=20)
     parser.add_argument("--scale-rounds", type=int, default=3)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set threads=1 (repeatable)")
@@ -277,7 +317,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if not args.skip_scale:
         pre = args.work / PRE_MODEL if (args.work / PRE_MODEL).is_file() else None
-        report["scale"] = scale(config, args.work, args.scale_devices, args.scale_per_round, args.scale_rounds, pre)
+        runs = [scale(config, args.work, n, args.scale_per_round, args.scale_rounds, pre) for n in args.scale_devices]
+        report["scale"] = {"runs": runs, **scale_summary(runs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k]["pass"] for k in ("quality", "scale") if k in report}, indent=2))

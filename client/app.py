@@ -9,6 +9,7 @@ binds run-config values (what `fedpic simulate` does) and optional Flower mods.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -29,9 +30,10 @@ from .settings import NodeSettings, node_settings
 
 
 def message_config(message: Message) -> Config:
-    """The run's fedpic Config the server put in the message."""
+    """The run's fedpic Config the server put in the message, with progress bars off: a device's
+    output is relayed into the server's log (Ray, SuperNode), where bars are only noise."""
     record = message.content[CONFIG]
-    return from_dict(Config, json.loads(str(record[FEDPIC_CONFIG])), "fedpic-config")
+    return replace(from_dict(Config, json.loads(str(record[FEDPIC_CONFIG])), "fedpic-config"), progress=False)
 
 
 def received_arrays(message: Message) -> dict[str, np.ndarray]:

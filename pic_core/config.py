@@ -109,6 +109,7 @@ class FederationConfig:
     population: Optional[int] = None  # simulation: use the first N users of the dataset (default all)
     cpus_per_device: float = 1.0  # simulation: Ray CPUs per device (devices running at once = cores / this)
     threads_per_device: int = 1  # torch threads inside each simulated device
+    ray_address: Optional[str] = None  # simulation: HOST:PORT of an existing Ray cluster (None: a fresh local Ray)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -105,8 +105,8 @@ def personalize_user(model: CropScorer, user: UserData, shots: int, config: Conf
     """A copy of `model` fine-tuned for one user (the shared model is left untouched)."""
     personal = copy.deepcopy(model)
     sets = few_shot_sets(user, shots)
-    if sets:
-        finetune(personal, sets, config, cache, device)
+    if sets:  # one bar per population (evaluate_users), not one per user
+        finetune(personal, sets, replace(config, progress=False), cache, device)
     return personal
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -207,6 +209,14 @@ class Federation:
             self.round_log.truncate_after(self.resumed_from)
             log.info("resuming after round %d of %d", self.resumed_from, self.fed.rounds)
         last = self.start_round - 1
+        bar = tqdm(total=self.fed.rounds, initial=last, desc="rounds", unit="round", disable=not self.config.progress)
+        with bar, logging_redirect_tqdm():
+            last = self._rounds(bar)
+        return last
+
+    def _rounds(self, bar: tqdm) -> int:
+        """Rounds start_round..rounds, one step of `bar` each; returns the last completed round."""
+        last = self.start_round - 1
         for server_round in range(self.start_round, self.fed.rounds + 1):
             fields = self.train(server_round)
             fields.update({"evaluate": None, "eval_devices": 0, "eval_seconds": 0.0})
@@ -216,8 +226,10 @@ class Federation:
             self.round_log.append(self._record(server_round, fields))
             self.save(server_round)
             last = server_round
+            loss = fields["train"].get("loss-shared")
             log.info("round %d/%d: %d/%d updates accepted, train loss %s", server_round, self.fed.rounds,
-                     fields["accepted"], fields["sampled"], fields["train"].get("loss-shared"))
+                     fields["accepted"], fields["sampled"], "n/a" if loss is None else f"{loss:.4f}")
+            bar.update()
         return last
 
 

@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 import os
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
 from flwr.clientapp.typing import Mod
-from flwr.simulation import run_simulation
+from flwr.common.logger import update_console_handler
+from flwr.supercore.telemetry import EventType
+from flwr.simulation.run_simulation import _run_simulation
 
 from client.app import make_client_app
 from pic_core.checkpoint import load_model, save_model
-from pic_core.config import Config, to_dict
+from pic_core.config import Config, ConfigError, to_dict
 from pic_core.data import DataError
 from pic_core.data.dataset import Dataset
 from pic_core.protocol import PopulationResult, evaluate_users
@@ -48,6 +53,7 @@ log = logging.getLogger("fedpic.simulate")
 
 PRE_FILE = "pre.pt"
 DEVICES_DIR = "devices"
+LOOPBACK = "127.0.0.1"
 HOLDOUT_SUFFIX = "-new-devices"
 FEDERATED_METHODS = {
     "federated": "federated PIC (prior trained with Flower, then finetune)",
@@ -95,13 +101,65 @@ def pretrain_model(plan: SimulationPlan) -> Path:
 
 
 def backend_config(config: Config) -> dict:
-    """Ray resources: all cores, `cpus_per_device` per simulated device, a GPU share when present."""
-    cpus = os.cpu_count() or 1
+    """Ray's settings. Without `federation.ray_address`: a fresh local Ray bound to loopback with all
+    cores (never a cluster left over from an earlier `ray start`); with it: that cluster's resources.
+    `cpus_per_device` CPUs per simulated device, a GPU share when this machine has one."""
     per_device = config.federation.cpus_per_device
-    concurrent = max(1, int(cpus // per_device))
-    use_gpu = torch.cuda.is_available() and config.device in ("auto", "cuda")
-    return {"init_args": {"num_cpus": cpus, "num_gpus": 1 if use_gpu else 0, "logging_level": "WARNING"},
-            "client_resources": {"num_cpus": per_device, "num_gpus": (1.0 / concurrent) if use_gpu else 0.0}}
+    address = config.federation.ray_address
+    if address:
+        # the cluster's workers were started without this run's quiet settings: their output stays in
+        # the cluster's own logs (`ray logs`, session_latest/logs on each node), not in this run's log
+        init_args = {"address": check_ray_address(address), "log_to_driver": False}
+        use_gpu = config.device in ("auto", "cuda")  # the cluster's nodes may have GPUs this one lacks
+        share = 0.0
+    else:
+        cpus = os.cpu_count() or 1
+        use_gpu = torch.cuda.is_available() and config.device in ("auto", "cuda")
+        init_args = {"address": "local", "num_cpus": cpus, "num_gpus": 1 if use_gpu else 0,
+                     "_node_ip_address": LOOPBACK}
+        share = 1.0 / max(1, int(cpus // per_device)) if use_gpu else 0.0
+    init_args["logging_level"] = "WARNING"
+    return {"init_args": init_args, "client_resources": {"num_cpus": per_device, "num_gpus": share}}
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> str:
+    """HOST:PORT of a Ray head (its GCS port, 6379 unless `ray start --port` said otherwise), checked to
+    answer within `timeout` seconds, so a wrong address fails now instead of hanging the first round."""
+    host, sep, port = address.strip().rpartition(":")
+    if "://" in address or not sep or not host or not port.isdigit():
+        raise ConfigError(f"federation.ray_address {address!r}: expected HOST:PORT of a Ray head "
+                          "(the address `ray start --head` prints)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"federation.ray_address {address}: no Ray head answers there ({err}); start one with "
+                          f"`ray start --head --port {port}` or drop --ray-address for a local simulation") from None
+    return f"{host}:{port}"
+
+
+QUIET_ENV = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # Ray's FutureWarning tip about GPU env vars
+             "FLWR_LOG_LEVEL": "ERROR"}  # inside the device actors: no per-actor shutdown warnings
+"""Environment the simulation's Ray processes start with (set only while the simulation runs)."""
+
+
+@contextmanager
+def quiet_simulation_logs() -> Iterator[None]:
+    """One readable log: Flower's INFO chatter off (fedpic logs each round), no colour codes when
+    stderr is not a terminal (Flower's handler and Ray's relayed-output prefixes), no Ray hints."""
+    colour = sys.stderr.isatty()
+    update_console_handler(level=logging.WARNING, colored=colour)
+    logging.getLogger("flwr").propagate = False  # Flower prints its own log lines; no second copy
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state database set-up chatter
+    env = dict(QUIET_ENV, **({} if colour else {"RAY_COLOR_PREFIX": "0"}))
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update({key: value for key, value in env.items() if saved[key] is None})
+    try:
+        yield
+    finally:
+        update_console_handler(level=logging.INFO, colored=True)  # Flower's defaults again
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
 
 
 def bound_run_config(plan: SimulationPlan) -> dict:
@@ -126,11 +184,14 @@ def check_out_dir(plan: SimulationPlan) -> None:
 def run_federated(plan: SimulationPlan, client_mods: Sequence[Mod] = ()) -> float:
     """The Flower simulation of all rounds; returns its wall-clock seconds."""
     bound = bound_run_config(plan)
-    logging.getLogger("flwr").propagate = False  # Flower prints its own log lines; no second copy
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state database set-up chatter
+    backend = backend_config(plan.config)
     start = time.perf_counter()
-    run_simulation(server_app=make_server_app(bound), client_app=make_client_app(bound, client_mods),
-                   num_supernodes=len(plan.users), backend_config=backend_config(plan.config))
+    # The engine under Flower 1.41's deprecated `run_simulation` wrapper (which only adds the deprecation
+    # warning and a telemetry event); `flwr run` is its replacement, but it cannot take app objects.
+    with quiet_simulation_logs():
+        _run_simulation(num_supernodes=len(plan.users), exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                        client_app=make_client_app(bound, client_mods), server_app=make_server_app(bound),
+                        backend_name="ray", backend_config=backend)
     seconds = time.perf_counter() - start
     rounds = read_rounds(plan.out_dir / LOG_FILE)
     last = max((int(r["round"]) for r in rounds), default=-1)

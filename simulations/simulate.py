@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 from pic_core.config import Config
 from pic_core.data.dataset import Dataset
 
-from .federated import (HOLDOUT_SUFFIX, PRE_FILE, SimulationPlan, check_out_dir, evaluate_population,
-                        pretrain_model, run_federated, split_population, write_results)
+from .federated import (HOLDOUT_SUFFIX, PRE_FILE, SimulationPlan, check_out_dir, check_ray_address,
+                        evaluate_population, pretrain_model, run_federated, split_population, write_results)
 
 log = logging.getLogger("fedpic.simulate")
 
@@ -37,6 +37,8 @@ def make_plan(config: Config, data_dir: Path, out_dir: Path, init_model: Optiona
 def run(plan: SimulationPlan, evaluate: bool = True, client_mods: Sequence = ()) -> Path:
     """Pretrain (when needed), simulate, evaluate; returns the results.json path."""
     check_out_dir(plan)
+    if plan.config.federation.ray_address:
+        check_ray_address(plan.config.federation.ray_address)  # fail before the pre stage, not after
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     timing = {}
     if plan.init_model is None and plan.config.pre.epochs > 0:

@@ -47,11 +47,13 @@ def fed_run(tmp_path_factory):
     config = load_config(TINY, overrides=dict(OVERRIDES))
     users, holdout = split_population(Dataset(data), config.federation.population)
     plan = SimulationPlan(config=config, data_dir=data, out_dir=root / "out", users=users, holdout=holdout)
-    os.environ.update({CAPTURE_ENV: str(root / "captured"), STATES_ENV: str(root / "out" / "devices")})
+    # RAY_ADDRESS names a dead cluster: a local simulation must start its own Ray, never join that one
+    os.environ.update({CAPTURE_ENV: str(root / "captured"), STATES_ENV: str(root / "out" / "devices"),
+                       "RAY_ADDRESS": "127.0.0.1:9"})
     try:
         results = run(plan, evaluate=True, client_mods=[capture_mod])
     finally:
-        for name in (CAPTURE_ENV, STATES_ENV):
+        for name in (CAPTURE_ENV, STATES_ENV, "RAY_ADDRESS"):
             os.environ.pop(name, None)
     return {"root": root, "data": data, "out": root / "out", "plan": plan, "results": results,
             "captured": read_captures(root / "captured")}

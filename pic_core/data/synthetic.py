@@ -322,10 +322,23 @@ def agreement_on_test_images(root: Path, users: dict) -> dict:
             "generic_top1_is_user_top1_by_family": {f: round(float(np.mean(v)), 6) for f, v in sorted(per_family.items())}}
 
 
+STATS_USERS = 500
+"""Pairwise statistics use at most this many users (evenly spaced): they cost users^2 memory."""
+
+
+def stats_sample(tastes: Sequence[Taste], limit: int = STATS_USERS) -> list[Taste]:
+    """All users, or `limit` of them evenly spaced over the ids (families stay mixed: round-robin)."""
+    if len(tastes) <= limit:
+        return list(tastes)
+    return [tastes[int(i)] for i in np.linspace(0, len(tastes) - 1, limit).round().astype(int)]
+
+
 def population_stats(root: Path | str) -> dict:
     """Divergence statistics of the dataset at `root` (also stored in its population.json)."""
     root = Path(root)
     population, tastes, users = _load_population(root)
     stats = agreement_on_test_images(root, users)
-    stats.update(probe_stats(tastes, probe_scenes(int(population["seed"]), int(population.get("probe_images", 100)))))
+    sample = stats_sample(tastes)
+    stats.update(probe_stats(sample, probe_scenes(int(population["seed"]), int(population.get("probe_images", 100)))))
+    stats["probe_users"] = len(sample)
     return stats
