@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import threading
 import time
@@ -247,6 +248,7 @@ def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int,
         "devices": devices, "devices_per_round": per_round, "rounds": len(records),
         "round_seconds": [round(r["train_seconds"], 2) for r in records],
         "mean_round_seconds": sum(r["train_seconds"] for r in records) / max(len(records), 1),
+        "median_round_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,
         "accepted_per_round": [r["accepted"] for r in records],
         "wall_seconds": time.perf_counter() - start,
         "peak_rss_gb": memory.peak_rss / GB, "peak_pss_gb": memory.peak_pss / GB,
@@ -270,14 +272,15 @@ def scale_summary(runs: list[dict], target_devices: int = 1_000_000) -> dict:
     memory = lambda r: r["peak_pss_gb"] or r["peak_rss_gb"]  # noqa: E731
     span = max(large["devices"] - small["devices"], 1)
     per_device_gb = max(memory(large) - memory(small), 0.0) / span
-    per_device_s = max(large["mean_round_seconds"] - small["mean_round_seconds"], 0.0) / span
-    ratio = large["mean_round_seconds"] / small["mean_round_seconds"] if small["mean_round_seconds"] else None
+    # medians: the first round of each run also starts Ray's device actors
+    per_device_s = max(large["median_round_seconds"] - small["median_round_seconds"], 0.0) / span
+    ratio = large["median_round_seconds"] / small["median_round_seconds"] if small["median_round_seconds"] else None
     return {
         "devices": [r["devices"] for r in runs], "round_seconds_ratio": ratio,
         "memory_gb_per_extra_device": per_device_gb,
         "estimate": {"devices": target_devices,
                      "peak_memory_gb": memory(large) + per_device_gb * (target_devices - large["devices"]),
-                     "seconds_per_round": large["mean_round_seconds"]
+                     "seconds_per_round": large["median_round_seconds"]
                      + per_device_s * (target_devices - large["devices"]),
                      "score_files_gb": large["score_file_bytes_per_device"] * target_devices / GB,
                      "method": "linear in the population from the two measured runs (same devices per round)"},
