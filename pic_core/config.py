@@ -35,6 +35,7 @@ class ModelConfig:
     embed_dim: int = 16  # preference space: e_0, d_u, g
     context_dim: int = 32  # dual-attention image context
     dropout: float = 0.5
+    candidates: str = "grid"  # what `crop` scores without --aspect: grid (GAIC anchors) | free (pic_core/candidates.py)
     personal_head: bool = False  # a small per-user linear head over g, kept on the device
     personal_offsets: bool = True  # per-user offsets on the crop head's weights (fast path), kept on the device
     backbone_weights: Optional[str] = None  # local torchvision MobileNetV2 state_dict; never downloaded
@@ -130,6 +131,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "kru
 _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "prior.schedule": ("interleaved", "sequential"),
+    "model.candidates": ("grid", "free"),
     "finetune.mode": ("fast", "full"),
     "federation.strategy": STRATEGIES,
 }

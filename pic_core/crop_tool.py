@@ -17,17 +17,22 @@ from typing import Optional, Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from .cropper import Cropper, CropResult
 from .data.records import DataError
 from .visualize import contact_sheet, cut, draw_boxes, save_rgb
 
 
+EXIF_ORIENTATION = 0x0112
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 SHEET_IMAGES = 24
 """Photos per contact sheet (a big batch gets several sheets)."""
 THUMB_SIDE = 640
 """Boxes are drawn on a copy with this long side, so line widths suit the sheet."""
+SHEET_LEGEND = ("Boxes: the top crops of each photo, '#rank score' (#1 red, thickest). The score is the "
+                "model's preference for that crop for this user: higher is better, comparable only "
+                "between crops of the same photo.")
 
 
 @dataclass
@@ -73,7 +78,7 @@ def thumbnail_with_boxes(image: np.ndarray, crops: Sequence[CropResult]) -> np.n
     small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
     boxes = [[v * scale for v in c.box] for c in crops]
-    return draw_boxes(small, boxes, [f"{c.rank}: {c.score:.2f}" for c in crops])
+    return draw_boxes(small, boxes, [f"#{c.rank} {c.score:.2f}" for c in crops])
 
 
 class SheetWriter:
@@ -93,20 +98,37 @@ class SheetWriter:
     def flush(self) -> None:
         if not self.pending:
             return
-        sheet = contact_sheet([t for t, _ in self.pending], [n for _, n in self.pending])
+        sheet = contact_sheet([t for t, _ in self.pending], [n for _, n in self.pending], legend=SHEET_LEGEND)
         self.written.append(save_rgb(self.out_dir / f"sheet_{len(self.written) + 1:03d}.png", sheet))
         self.pending = []
 
 
+def kept_exif(path: Path) -> Optional[bytes]:
+    """The photo's EXIF block with the orientation set to 1 (the pixels written are already
+    upright), or None when it has none or it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+            if not len(exif):
+                return None
+            exif[EXIF_ORIENTATION] = 1
+            return exif.tobytes()
+    except Exception:  # a broken EXIF block must not stop the crop being written
+        return None
+
+
 def crop_one(cropper: Cropper, image: np.ndarray, aspect: Optional[float], top_k: int, out_dir: Path,
-             name: Path, suffix: str, write_crops: bool) -> tuple[list[CropResult], list[Optional[str]], float]:
-    """Crops of one decoded photo: (results, files written, milliseconds spent choosing)."""
+             name: Path, suffix: str, write_crops: bool,
+             source: Optional[Path] = None) -> tuple[list[CropResult], list[Optional[str]], float]:
+    """Crops of one decoded photo: (results, files written, milliseconds spent choosing).
+    Written crops keep the EXIF metadata of `source` (orientation normalized)."""
     start = time.perf_counter()
     crops = cropper.crop(image, aspect=aspect, top_k=top_k)
     millis = (time.perf_counter() - start) * 1000
     files: list[Optional[str]] = [None] * len(crops)
     if write_crops:
+        exif = kept_exif(source) if source is not None else None
         for i, crop in enumerate(crops):
             target = out_dir / name.parent / f"{name.name}_crop{crop.rank}{suffix}"
-            files[i] = str(save_rgb(target, cut(image, crop.box)))
+            files[i] = str(save_rgb(target, cut(image, crop.box), exif=exif))
     return crops, files, millis

@@ -17,15 +17,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .candidates import CANDIDATE_SETS, fixed_ratio_candidates, free_candidates
 from .checkpoint import load_model, load_user_state
-from .data.images import to_network_input
+from .data.images import load_image, to_network_input
 from .export import compile_cached
-from .exported import is_exported_file, load_program
-from .geometry import ASPECT_LIMITS, aspect_anchors, grid_anchors, resized_size, to_original, to_resized
+from .exported import is_exported_file, load_program, read_export_meta
+from .geometry import (ASPECT_LIMITS, aspect_anchors, grid_anchors, parse_aspect, resized_size, to_original,
+                       to_resized)
 from .inference import MIN_INPUT_SIDE, Backend, ScoringModule
 from .model import CropScorer
 from .profiles import Profile, get_profile
 from .runtime import resolve_device
+from .subjects import Subjects, apply_subject_rule, find_subjects
 
 log = logging.getLogger("fedpic")
 
@@ -54,16 +57,29 @@ def input_short_side(height: int, width: int, short_side: int) -> int:
 
 
 class Cropper:
-    """Scores candidate crops of decoded RGB images for one user (or the generic model)."""
+    """Scores candidate crops of decoded RGB images for one user (or the generic model).
+
+    `candidate_set`: what is scored without an aspect, `grid` (GAIC anchors) or `free` (the
+    fine free set of pic_core/candidates.py); a model's config names it. `keep_subjects`:
+    apply the subject rule of pic_core/subjects.py (heads and the salient region are kept).
+
+        >>> cropper = Cropper.load("model.pt")
+        >>> best = cropper.crop("photo.jpg", aspect="4:5")[0].box  # [x1, y1, x2, y2]
+    """
 
     def __init__(self, backend: Backend, short_side: int, device: Union[str, torch.device] = "cpu",
-                 channels_last: bool = False, model: Optional[CropScorer] = None, description: str = ""):
+                 channels_last: bool = False, model: Optional[CropScorer] = None, description: str = "",
+                 candidate_set: str = "grid", keep_subjects: bool = True):
+        if candidate_set not in CANDIDATE_SETS:
+            raise ValueError(f"unknown candidate set {candidate_set!r}; choose one of {', '.join(CANDIDATE_SETS)}")
         self.backend = backend
         self.short_side = short_side
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.model = model  # the eager model, when there is one (personalization, backbone timing)
         self.description = description
+        self.candidate_set = candidate_set
+        self.keep_subjects = keep_subjects
 
     @classmethod
     def from_model(cls, model: CropScorer, device: Union[str, torch.device] = "cpu", personal: bool = True,
@@ -84,7 +100,8 @@ class Cropper:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         return cls(ScoringModule(model, personal).eval(), model.config.short_side, device, channels_last,
-                   model=model, description=f"eager, profile {profile.name}")
+                   model=model, description=f"eager, profile {profile.name}",
+                   candidate_set=model.config.candidates)
 
     @classmethod
     def load(cls, model_path: Union[str, Path], user_state: Optional[Union[str, Path]] = None,
@@ -116,13 +133,19 @@ class Cropper:
     def candidates(self, size: tuple[int, int], aspect: Optional[float] = None) -> np.ndarray:
         """Candidate boxes in original pixels for an image of size (height, width).
 
-        Free aspect: the grid anchors of the network input. A fixed `aspect` (w/h): boxes of
-        exactly that ratio generated over scales and positions (not a filter of the grid).
-        A panorama beyond the grid's ratio limits gets boxes of the widest allowed ratio.
+        Free aspect: the grid anchors of the network input, or the fine free set when
+        `candidate_set` is `free`. A fixed `aspect` (w/h): boxes of exactly that ratio
+        generated over scales and positions (not a filter of the grid; the free set's finer
+        lattice for a free-set model). A panorama beyond the
+        grid's ratio limits gets boxes of the widest allowed ratio.
         """
         height, width = size
+        if aspect is not None and self.candidate_set == "free":
+            return fixed_ratio_candidates(height, width, aspect)
         if aspect is not None:
             return aspect_anchors(height, width, aspect)
+        if self.candidate_set == "free":
+            return free_candidates(height, width, "fine")
         net = resized_size(height, width, self.input_short_side(size))
         boxes = grid_anchors(*net)
         if len(boxes):
@@ -139,16 +162,35 @@ class Cropper:
         net_boxes = torch.from_numpy(to_resized(boxes, image.shape[:2], resized)).to(self.device)
         return self.backend(tensor, net_boxes).float().cpu().numpy()
 
-    def crop(self, image: np.ndarray, aspect: Optional[float] = None, top_k: int = 5) -> list[CropResult]:
-        """The top-K crops, best first (ties keep candidate order)."""
-        boxes = self.candidates(image.shape[:2], aspect)
+    def crop(self, image: Union[np.ndarray, str, Path], aspect: Union[float, str, None] = None,
+             top_k: int = 5, keep_subjects: Optional[bool] = None) -> list[CropResult]:
+        """The top-K crops of an RGB uint8 array or an image file, best first (ties keep candidate order).
+
+        `aspect`: width / height as a number or text ("16:9", "4/5"); None or "free" for any.
+        Ranking applies the subject rule when `keep_subjects` (default: the Cropper's setting);
+        the score reported is the model's own.
+        """
+        if isinstance(image, (str, Path)):
+            image = load_image(image)
+        ratio = parse_aspect(aspect)
+        boxes = self.candidates(image.shape[:2], ratio)
         scores = self.score(image, boxes)
-        order = np.argsort(-scores, kind="stable")[: max(1, top_k)]
+        keep = self.keep_subjects if keep_subjects is None else keep_subjects
+        ranked = self.rank_scores(image, boxes, scores) if keep else scores
+        order = np.argsort(-ranked, kind="stable")[: max(1, top_k)]
         return [CropResult(tuple(float(v) for v in boxes[i]), float(scores[i]), rank + 1)
                 for rank, i in enumerate(order)]
+
+    def rank_scores(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                    subjects: Optional[Subjects] = None) -> np.ndarray:
+        """Scores with the subject rule applied (subjects found on `image` unless given)."""
+        return apply_subject_rule(boxes, scores, find_subjects(image) if subjects is None else subjects,
+                                  image.shape[:2])
 
 
 def load_exported(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Cropper:
     """A Cropper running a file written by `fedpic export` (see exported.load_program)."""
     program = load_program(path, device)
-    return Cropper(program.backend, program.short_side, program.device, description=program.description)
+    kind = read_export_meta(path).get("model_config", {}).get("candidates", "grid")
+    return Cropper(program.backend, program.short_side, program.device, description=program.description,
+                   candidate_set=kind)

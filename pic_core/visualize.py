@@ -11,22 +11,40 @@ PALETTE = [(230, 57, 70), (29, 161, 242), (46, 196, 182), (255, 183, 3), (155, 9
 """RGB colours for rank 1, 2, 3, ..."""
 
 
+def _free_spot(rect: tuple[int, int, int, int], taken: list[tuple[int, int, int, int]],
+               limit: int) -> tuple[int, int, int, int]:
+    """Move a label rectangle (x1, y1, x2, y2) down until it overlaps no label already placed."""
+    x1, y1, x2, y2 = rect
+    height = y2 - y1
+    while any(x1 < b[2] and b[0] < x2 and y1 < b[3] and b[1] < y2 for b in taken) and y2 + height < limit:
+        y1, y2 = y1 + height + 1, y2 + height + 1
+    return x1, y1, x2, y2
+
+
 def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], labels: Optional[Sequence[str]] = None,
                colors: Optional[Sequence[tuple[int, int, int]]] = None, thickness: Optional[int] = None) -> np.ndarray:
-    """A copy of an RGB image with numbered boxes drawn (first box on top)."""
+    """A copy of an RGB image with numbered boxes drawn: the first (best) box thickest and on top,
+    each label in its box's colour and moved down where it would cover another label."""
     canvas = np.ascontiguousarray(image.copy())
     h, w = canvas.shape[:2]
     thickness = thickness or max(2, round(min(h, w) / 150))
     scale = max(0.4, min(h, w) / 600)
-    for index in reversed(range(len(boxes))):
+    palette = colors or PALETTE
+    for index in reversed(range(len(boxes))):  # lines first, best last so it stays visible
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[index])
-        color = (colors or PALETTE)[index % len(colors or PALETTE)]
-        cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), color, thickness, cv2.LINE_AA)
+        width = thickness + (1 if index == 0 else 0) - min(index, 2) // 2
+        cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), palette[index % len(palette)],
+                      max(1, width), cv2.LINE_AA)
+    taken: list[tuple[int, int, int, int]] = []
+    for index in range(len(boxes)):  # labels best first, each in a free spot
+        x1, y1 = (int(round(v)) for v in boxes[index][:2])
         text = labels[index] if labels else str(index + 1)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2))
-        tx, ty = x1 + thickness, y1 + thickness
-        cv2.rectangle(canvas, (tx, ty), (tx + tw + 4, ty + th + base + 4), color, -1)
-        cv2.putText(canvas, text, (tx + 2, ty + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+        tx, ty = min(max(0, x1 + thickness), max(0, w - tw - 4)), max(0, y1 + thickness)
+        rect = _free_spot((tx, ty, tx + tw + 4, ty + th + base + 4), taken, h)
+        taken.append(rect)
+        cv2.rectangle(canvas, rect[:2], rect[2:], palette[index % len(palette)], -1)
+        cv2.putText(canvas, text, (rect[0] + 2, rect[1] + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
                     max(1, thickness // 2), cv2.LINE_AA)
     return canvas
 
@@ -40,8 +58,9 @@ def cut(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
 
 
 def contact_sheet(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None, cell: int = 320,
-                  columns: int = 4) -> np.ndarray:
-    """Tiles of RGB images (each fitted into a cell x cell square) with an optional title bar."""
+                  columns: int = 4, legend: Optional[str] = None) -> np.ndarray:
+    """Tiles of RGB images (each fitted into a cell x cell square) with an optional title bar per
+    tile and an optional one-line `legend` under the sheet."""
     if not images:
         raise ValueError("contact_sheet needs at least one image")
     columns = max(1, min(columns, len(images)))
@@ -59,13 +78,39 @@ def contact_sheet(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] 
         if titles:
             cv2.putText(sheet, titles[index][:40], (c * cell + 6, r * (cell + bar) + 17), cv2.FONT_HERSHEY_SIMPLEX,
                         0.45, (20, 20, 20), 1, cv2.LINE_AA)
+    if legend:
+        lines = _wrap(legend, max(20, sheet.shape[1] // 8))
+        foot = np.full((18 * len(lines) + 10, sheet.shape[1], 3), 255, np.uint8)
+        for i, line in enumerate(lines):
+            cv2.putText(foot, line, (6, 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (20, 20, 20), 1, cv2.LINE_AA)
+        sheet = np.vstack([sheet, foot])
     return sheet
 
 
-def save_rgb(path: Union[str, Path], image: np.ndarray, quality: int = 92) -> Path:
-    """Write an RGB image (JPEG or PNG by extension); raises when OpenCV cannot write it."""
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def save_rgb(path: Union[str, Path], image: np.ndarray, quality: int = 92, exif: Optional[bytes] = None) -> Path:
+    """Write an RGB image (JPEG or PNG by extension); raises when it cannot be written.
+    `exif`: an EXIF block to keep in the file (written through Pillow)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if exif:
+        from PIL import Image
+
+        try:
+            Image.fromarray(np.ascontiguousarray(image)).save(path, quality=quality, exif=exif)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"{path}: could not write this image ({exc})") from None
+        return path
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
     if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
         raise OSError(f"{path}: OpenCV could not write this image")

@@ -38,7 +38,8 @@ def ensure_population(spec: PopulationSpec, folder: Path, progress: bool) -> Pat
     if marker.is_file():
         written = json.loads(marker.read_text())
         same = (written.get("seed") == spec.seed and written.get("users") == spec.users
-                and written.get("counts") == {"prior": spec.prior, "train": spec.train, "test": spec.test})
+                and written.get("counts") == {"prior": spec.prior, "train": spec.train, "test": spec.test}
+                and written.get("candidates", "grid") == spec.candidates)
         if not same:
             raise FileExistsError(f"{folder} holds another population ({marker}); use a new --out")
         log.info("population: reusing %s", folder)

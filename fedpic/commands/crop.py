@@ -64,7 +64,7 @@ def _cmd_crop(args: argparse.Namespace) -> int:
                 image = load_image(path)
                 suffix = ".png" if path.suffix.lower() == ".png" else ".jpg"
                 crops, files, millis = crop_one(cropper, image, aspect, args.top, out_dir, name, suffix,
-                                                not args.no_crops)
+                                                not args.no_crops, source=path)
             except (DataError, OSError) as exc:
                 failures.append((path, str(exc)))
                 log.error("%s", exc)

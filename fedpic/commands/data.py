@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shared-images", action="store_true",
                         help="one image pool scored by every user (same photos, different tastes)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidates", choices=("grid", "free"), default="grid",
+                        help="scored candidates: grid (GAIC anchors, default) or free (smaller and off-centre "
+                             "crops of the usual photo ratios; train with --set model.candidates=free)")
     parser.add_argument("--probe-images", type=int, default=100, help="scenes every user scores for the statistics")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="rendering processes")
@@ -46,7 +49,8 @@ def spec_from_args(args: argparse.Namespace):
         if args.images_per_user is not None and sum(counts) != images:
             raise ValueError(f"--images-per-user {images} does not match the split counts {counts}")
     return PopulationSpec(users=args.users, prior=counts[0], train=counts[1], test=counts[2], seed=args.seed,
-                          shared=args.shared_images, probe=args.probe_images, quality=args.quality)
+                          shared=args.shared_images, probe=args.probe_images, quality=args.quality,
+                          candidates=args.candidates)
 
 
 def run(args: argparse.Namespace) -> int:

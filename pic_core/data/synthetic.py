@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes
-from ..geometry import grid_anchors, resized_size, to_original
+from ..candidates import CANDIDATE_SETS, candidate_set
 from .records import SPLITS, DataError, format_box
 from .user_csv import read_user_csv
 from .scenes import Scene, make_scene, render_scene
@@ -59,8 +59,11 @@ class PopulationSpec:
     shared: bool = False  # one image pool scored by every user instead of own photos
     probe: int = 100  # probe scenes (facts only) for the disagreement statistics
     quality: int = 90
+    candidates: str = "grid"  # the scored candidates: grid (GAIC anchors) | free (coarse free set)
 
     def __post_init__(self) -> None:
+        if self.candidates not in CANDIDATE_SETS:
+            raise ValueError(f"candidates must be one of {', '.join(CANDIDATE_SETS)}, got {self.candidates!r}")
         if self.users < 1:
             raise ValueError(f"users must be >= 1, got {self.users}")
         for split in SPLITS:
@@ -100,15 +103,15 @@ def split_counts(images: int, prior: Optional[int] = None, train: Optional[int] 
     return given["prior"], given["train"], given["test"]
 
 
-def candidate_boxes(height: int, width: int) -> np.ndarray:
+def candidate_boxes(height: int, width: int, kind: str = "grid") -> np.ndarray:
     """The candidates of an image, (M, 4) float64, exactly as the CSVs spell them.
 
-    Grid anchors on the network input size mapped back to original pixels, then rounded
-    the way format_box writes them, so a box read back from a CSV is the same float and
-    scores computed from it match the file exactly.
+    `grid`: GAIC's anchors on the network input size mapped back to original pixels;
+    `free`: the coarse free set (pic_core/candidates.py: smaller and off-centre crops of the
+    usual photo ratios). Rounded the way format_box writes them, so a box read back from a
+    CSV is the same float and scores computed from it match the file exactly.
     """
-    size = resized_size(height, width)
-    boxes = to_original(grid_anchors(*size), size, (height, width))
+    boxes = candidate_set(height, width, kind, density="coarse")
     return np.asarray([json.loads(format_box(b)) for b in boxes], dtype=np.float64).reshape(-1, 4)
 
 
@@ -217,7 +220,7 @@ def generate(spec: PopulationSpec, out: Path | str, workers: int = 2, progress: 
     candidates: dict[tuple[int, int], np.ndarray] = {}
     for plan in tqdm(plans, desc="score", unit="img", disable=not progress):
         size = (plan.scene.height, plan.scene.width)
-        boxes = candidates.setdefault(size, candidate_boxes(*size))
+        boxes = candidates.setdefault(size, candidate_boxes(*size, spec.candidates))
         scores = score_matrix(tastes, plan.scene, plan.name, boxes)  # every user, for the population mean
         spelled = [format_box(b) for b in boxes]
         generic_rows.extend([plan.name, b, f"{s:.4f}"] for b, s in zip(spelled, scores.mean(axis=0)))
@@ -232,7 +235,7 @@ def generate(spec: PopulationSpec, out: Path | str, workers: int = 2, progress: 
     atomic_write_bytes(out / "users.json", _json_bytes(users))
     population = {"generator_version": GENERATOR_VERSION, "seed": spec.seed, "users": spec.users,
                   "counts": {s: getattr(spec, s) for s in SPLITS}, "shared_images": spec.shared,
-                  "images": len(plans), "probe_images": spec.probe, "jpeg_quality": spec.quality,
+                  "images": len(plans), "probe_images": spec.probe, "candidates": spec.candidates, "jpeg_quality": spec.quality,
                   "families": {name: sum(t.family == name for t in tastes) for name in FAMILIES}}
     atomic_write_bytes(out / "population.json", _json_bytes(population))
     population["stats"] = population_stats(out)
@@ -264,7 +267,7 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return ranks / np.maximum(np.linalg.norm(ranks, axis=1, keepdims=True), 1e-12)
 
 
-def probe_stats(tastes: Sequence[Taste], scenes: Sequence[tuple[str, Scene]]) -> dict:
+def probe_stats(tastes: Sequence[Taste], scenes: Sequence[tuple[str, Scene]], kind: str = "grid") -> dict:
     """Disagreement between users on scenes every user scores: 1 - Spearman and top-1
     disagreement, for pairs of the same family and of different families; also how often
     the noise alone moves a user's best crop."""
@@ -275,7 +278,7 @@ def probe_stats(tastes: Sequence[Taste], scenes: Sequence[tuple[str, Scene]]) ->
     noise_kept = np.zeros(n)
     quiet = [Taste(t.user_id, t.family, t.params[:-1] + (0.0,), t.seed) for t in tastes]
     for name, scene in scenes:
-        boxes = candidate_boxes(scene.height, scene.width)
+        boxes = candidate_boxes(scene.height, scene.width, kind)
         scores = score_matrix(tastes, scene, name, boxes)
         ranks = _ranks(scores)
         spearman += ranks @ ranks.T
@@ -339,6 +342,7 @@ def population_stats(root: Path | str) -> dict:
     population, tastes, users = _load_population(root)
     stats = agreement_on_test_images(root, users)
     sample = stats_sample(tastes)
-    stats.update(probe_stats(sample, probe_scenes(int(population["seed"]), int(population.get("probe_images", 100)))))
+    scenes = probe_scenes(int(population["seed"]), int(population.get("probe_images", 100)))
+    stats.update(probe_stats(sample, scenes, str(population.get("candidates", "grid"))))
     stats["probe_users"] = len(sample)
     return stats

@@ -1,0 +1,169 @@
+"""Real photos: does the top crop keep the subject, how fast, and does a tight taste move free crops?
+
+Photos: scikit-image's astronaut, camera, chelsea, coffee, rocket and matplotlib's grace_hopper
+with hand-set subject boxes (tests/real_photos.py). Methods, photo by photo in turns:
+
+  fedpic             Cropper.crop, default profile, subject rule on (pic_core/subjects.py)
+  fedpic no rule     the same model's own ranking (keep_subjects=False)
+  smartcrop          smartcrop.py 0.5.0 at each fixed ratio (it needs a target size; no "free")
+
+Subject kept: the top crop holds >= 95% of the subject box, at 1:1, 16:9, 4:5 and free.
+Taste: a user draws 5 tight crops (the subject box grown by 15%) on 5 photos; `personalize
+--crops` (user_crops.personalize_from_crops) fits them and the free top crops are compared
+before/after (area share, IoU with the tight crop, subject kept). Writes runs/bench/real_photos.json.
+
+    python benchmarks/real_photos.py [--model M.pt] [--threads 2]
+
+Without --model it trains the demo config's prior stage on the free-candidate demo population
+(1 epoch, 3 prior images per user by default: minutes on a CPU) and caches it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
+from bench_models import RUNS, bench_config, machine, trained_model, write_json  # noqa: E402
+from real_photos import RATIOS, SUBJECTS, load_photo, subject_kept  # noqa: E402
+
+from pic_core.checkpoint import load_model  # noqa: E402
+from pic_core.config import load_config  # noqa: E402
+from pic_core.cropper import Cropper  # noqa: E402
+from pic_core.geometry import box_iou, parse_aspect  # noqa: E402
+from pic_core.runtime import set_threads  # noqa: E402
+from pic_core.user_crops import UserCrop, personalize_from_crops  # noqa: E402
+from pic_core.visualize import save_rgb  # noqa: E402
+
+TIGHT_GROWTH = 0.15
+
+
+def free_population(users: int, seed: int = 0) -> Path:
+    """The demo population scored over the coarse free candidates (generated once)."""
+    from pic_core.data.synthetic import PopulationSpec, generate
+
+    target = RUNS / f"population-{users}u-s{seed}-free"
+    if not (target / "population.json").is_file():
+        generate(PopulationSpec(users=users, seed=seed, candidates="free"), target, workers=2, progress=True,
+                 force=target.exists())
+    return target
+
+
+def smartcrop_box(smart, image: np.ndarray, aspect: float) -> tuple[float, float, float, float]:
+    from PIL import Image
+
+    w, h = (230, round(230 / aspect)) if aspect >= 1 else (round(230 * aspect), 230)
+    crop = smart.crop(Image.fromarray(image), w, h)["top_crop"]
+    return crop["x"], crop["y"], crop["x"] + crop["width"], crop["y"] + crop["height"]
+
+
+def tight_box(subject, size: tuple[int, int]) -> np.ndarray:
+    x1, y1, x2, y2 = subject
+    gx, gy = (x2 - x1) * TIGHT_GROWTH / 2, (y2 - y1) * TIGHT_GROWTH / 2
+    return np.array([max(0, x1 - gx), max(0, y1 - gy), min(size[1], x2 + gx), min(size[0], y2 + gy)])
+
+
+def kept_table(cropper: Cropper, photos: dict, smart, keep: bool) -> tuple[dict, dict, list]:
+    kept: dict = {}
+    smart_kept: dict = {}
+    times = []
+    for name, image in photos.items():
+        start = time.perf_counter()
+        for ratio in RATIOS:
+            box = cropper.crop(image, aspect=ratio, top_k=1, keep_subjects=keep)[0].box
+            kept[f"{name} {ratio}"] = subject_kept(box, SUBJECTS[name])
+        times.append((time.perf_counter() - start) * 1000 / len(RATIOS))
+        if smart is not None:
+            for ratio in RATIOS[:-1]:
+                smart_kept[f"{name} {ratio}"] = subject_kept(smartcrop_box(smart, image, parse_aspect(ratio)),
+                                                             SUBJECTS[name])
+    return kept, smart_kept, times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="model file (default: demo config trained on the free population)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--images-per-user", type=int, default=3, help="prior images per user for the default model")
+    parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RUNS / "real_photos.json")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    if args.model is None:
+        config = bench_config("demo", args.epochs, args.threads,
+                              {"model.candidates": "free", "prior.max_images_per_user": args.images_per_user})
+        args.model = trained_model("demo-free", config, free_population(args.users))
+    model, _ = load_model(args.model, "cpu")
+    cropper = Cropper.from_model(model, "cpu", personal=False)
+    photos = {name: load_photo(name) for name in SUBJECTS}
+    from smartcrop import SmartCrop
+
+    smart = SmartCrop()
+    kept, smart_kept, fed_ms = kept_table(cropper, photos, smart, keep=True)
+    raw_kept, _, raw_ms = kept_table(cropper, photos, None, keep=False)
+    smart_ms = []
+    for image in photos.values():
+        start = time.perf_counter()
+        for ratio in RATIOS[:-1]:
+            smartcrop_box(smart, image, parse_aspect(ratio))
+        smart_ms.append((time.perf_counter() - start) * 1000 / (len(RATIOS) - 1))
+
+    free_boxes = {n: cropper.crop(im, top_k=1)[0].box for n, im in photos.items()}
+    relative = {n: tuple(round(v / s, 3) for v, s in zip(b, [im.shape[1], im.shape[0]] * 2))
+                for (n, b), im in zip(free_boxes.items(), photos.values())}
+
+    # a tight taste from 5 of the user's own crops, checked on all 6 photos
+    names = list(photos)
+    tight = {n: tight_box(SUBJECTS[n], photos[n].shape[:2]) for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        crops = []
+        for n in names[:5]:
+            path = save_rgb(Path(tmp) / f"{n}.png", photos[n])
+            crops.append(UserCrop(path, tight[n], f"{n}"))
+        personal_model, _ = load_model(args.model, "cpu")
+        report = personalize_from_crops(personal_model, crops, load_config("demo", overrides={"device": "cpu"}))
+    personal = Cropper.from_model(personal_model, "cpu", personal=True)
+
+    def free_stats(c: Cropper) -> dict:
+        rows = {}
+        for n, im in photos.items():
+            box = np.array(c.crop(im, top_k=1)[0].box)
+            rows[n] = {"area": round(float((box[2] - box[0]) * (box[3] - box[1]) / (im.shape[0] * im.shape[1])), 3),
+                       "iou_tight": round(float(box_iou(box[None], tight[n][None])[0, 0]), 3),
+                       "kept": subject_kept(box, SUBJECTS[n])}
+        return {"photos": rows, "mean_area": round(float(np.mean([r["area"] for r in rows.values()])), 3),
+                "mean_iou_tight": round(float(np.mean([r["iou_tight"] for r in rows.values()])), 3),
+                "kept": sum(r["kept"] for r in rows.values())}
+
+    result = {
+        "machine": machine(), "model": str(args.model), "threads": args.threads,
+        "candidates": cropper.candidate_set,
+        "subject_kept": {"fedpic": sum(kept.values()) / len(kept), "fedpic_no_rule": sum(raw_kept.values()) / len(raw_kept),
+                         "smartcrop_fixed_ratios": sum(smart_kept.values()) / len(smart_kept),
+                         "fedpic_fixed_ratios": float(np.mean([v for k, v in kept.items() if not k.endswith("free")])),
+                         "cases": len(kept), "missed": [k for k, v in kept.items() if not v],
+                         "smartcrop_missed": [k for k, v in smart_kept.items() if not v]},
+        "ms_per_photo_and_ratio": {"fedpic": round(float(np.median(fed_ms)), 1),
+                                   "fedpic_no_rule": round(float(np.median(raw_ms)), 1),
+                                   "smartcrop": round(float(np.median(smart_ms)), 1)},
+        "free_top_crops": {"relative_boxes": relative, "distinct": len(set(relative.values()))},
+        "tight_taste": {"train_photos": names[:5], "personalize": report.as_dict(),
+                        "generic": free_stats(cropper), "personal": free_stats(personal)},
+    }
+    write_json(args.out, result)
+    print({k: result[k] for k in ("subject_kept", "ms_per_photo_and_ratio", "free_top_crops")})
+    print({k: {kk: vv for kk, vv in v.items() if kk != "photos"} for k, v in result["tight_taste"].items()
+           if k in ("generic", "personal")})
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(True)
+    main()

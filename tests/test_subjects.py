@@ -1,0 +1,89 @@
+"""Subjects kept: faces found as heads, the subject rule, and real photos cropped at 1:1, 16:9, 4:5, free."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pic_core.config import ModelConfig, load_config
+from pic_core.cropper import Cropper
+from pic_core.model import CropScorer
+from pic_core.subjects import Subjects, apply_subject_rule, detect_faces, find_subjects, heads_from_faces
+from real_photos import RATIOS, SUBJECTS, load_photo, subject_kept
+
+PEOPLE = ("astronaut", "grace_hopper")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return {name: load_photo(name) for name in SUBJECTS}
+
+
+@pytest.fixture(scope="module")
+def free_cropper():
+    torch.manual_seed(0)
+    model = CropScorer(ModelConfig(**{**load_config("tiny").model.__dict__, "candidates": "free"}))
+    return Cropper.from_model(model, personal=False)
+
+
+def test_faces_found_on_people_and_not_elsewhere(photos):
+    for name, image in photos.items():
+        faces = detect_faces(image)
+        if name in PEOPLE:
+            assert len(faces) >= 1, name
+            head = heads_from_faces(faces[:1], image.shape[:2])[0]
+            assert subject_kept(head, SUBJECTS[name], 0.7), (name, head)  # the grown face covers the head
+        else:
+            assert len(faces) == 0, (name, faces)
+
+
+def test_saliency_box_overlaps_the_subject_without_faces(photos):
+    for name in ("chelsea", "coffee", "rocket", "camera"):
+        subjects = find_subjects(photos[name])
+        assert not len(subjects.heads) and subjects.salient is not None
+        x1, y1, x2, y2 = SUBJECTS[name]
+        s = subjects.salient
+        assert min(s[2], x2) > max(s[0], x1) and min(s[3], y2) > max(s[1], y1), (name, s)
+
+
+def test_rule_drops_crops_that_cut_a_head():
+    boxes = np.array([[0, 0, 100, 100], [0, 40, 100, 100], [20, 0, 100, 80]], dtype=np.float32)
+    head = Subjects(heads=np.array([[30, 10, 60, 45]], dtype=np.float32))
+    adjusted = apply_subject_rule(boxes, np.array([0.0, 5.0, 1.0]), head)
+    assert np.isneginf(adjusted[1])  # cuts the head: out, whatever its score
+    assert adjusted.argmax() == 2
+    salient = Subjects(salient=np.array([0, 0, 100, 50], dtype=np.float32))
+    boxes = np.vstack([boxes, [[0, 0, 90, 90], [10, 10, 100, 100]]])
+    adjusted = apply_subject_rule(boxes, np.array([0.0, 0.1, 0.0, 0.2, -0.2]), salient)
+    assert adjusted[1] < adjusted[0]  # cutting 80% of the salient region costs more than a small score gain
+    assert adjusted.argmax() == 3
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_top_crop_keeps_the_subject(photos, free_cropper, ratio):
+    kept = {name: subject_kept(free_cropper.crop(image, aspect=ratio, top_k=1)[0].box, SUBJECTS[name])
+            for name, image in photos.items()}
+    for name in PEOPLE:
+        assert kept[name], (ratio, name)  # heads are a hard rule
+    assert sum(kept.values()) >= len(kept) - 1, (ratio, kept)
+
+
+def test_tight_taste_still_keeps_heads(tmp_path, photos, tiny_config):
+    """A user who crops tight on the mouth: the learned taste moves crops, the heads stay whole."""
+    from pic_core.user_crops import UserCrop, personalize_from_crops
+    from pic_core.visualize import save_rgb
+
+    torch.manual_seed(0)
+    model = CropScorer(ModelConfig(**{**tiny_config.model.__dict__, "candidates": "free"}))
+    crops = []
+    for name in PEOPLE:
+        path = save_rgb(tmp_path / f"{name}.png", photos[name])
+        x1, y1, x2, y2 = SUBJECTS[name]
+        crops.append(UserCrop(path, np.array([x1, (y1 + y2) / 2, x2, y2 + 120.0]), name))
+    personalize_from_crops(model, crops, tiny_config)
+    cropper = Cropper.from_model(model, personal=True)
+    for name in PEOPLE:
+        box = cropper.crop(photos[name], top_k=1)[0].box
+        assert subject_kept(box, SUBJECTS[name]), (name, box)
+        raw = cropper.crop(photos[name], top_k=1, keep_subjects=False)[0].box
+        assert raw != box or subject_kept(raw, SUBJECTS[name])
