@@ -39,11 +39,16 @@ LONG_SIDE_FACTOR = 4
 @dataclass
 class CropResult:
     box: tuple[float, float, float, float]  # [x1, y1, x2, y2] in original pixels
-    score: float
+    score: float  # what the ranking used: the model's score less the subject rule's penalty (-inf: cuts a head)
     rank: int  # 1 = best
+    model_score: Optional[float] = None  # the model's own score, when the subject rule changed it
 
     def as_dict(self) -> dict:
-        return {"rank": self.rank, "box": [round(v, 2) for v in self.box], "score": round(self.score, 5)}
+        out = {"rank": self.rank, "box": [round(v, 2) for v in self.box],
+               "score": round(self.score, 5) if np.isfinite(self.score) else None}
+        if self.model_score is not None and self.model_score != self.score:
+            out["model_score"] = round(self.model_score, 5)
+        return out
 
 
 def input_short_side(height: int, width: int, short_side: int) -> int:
@@ -168,7 +173,7 @@ class Cropper:
 
         `aspect`: width / height as a number or text ("16:9", "4/5"); None or "free" for any.
         Ranking applies the subject rule when `keep_subjects` (default: the Cropper's setting);
-        the score reported is the model's own.
+        each result's `score` is the ranking score, `model_score` the model's own.
         """
         if isinstance(image, (str, Path)):
             image = load_image(image)
@@ -178,7 +183,7 @@ class Cropper:
         keep = self.keep_subjects if keep_subjects is None else keep_subjects
         ranked = self.rank_scores(image, boxes, scores) if keep else scores
         order = np.argsort(-ranked, kind="stable")[: max(1, top_k)]
-        return [CropResult(tuple(float(v) for v in boxes[i]), float(scores[i]), rank + 1)
+        return [CropResult(tuple(float(v) for v in boxes[i]), float(ranked[i]), rank + 1, float(scores[i]))
                 for rank, i in enumerate(order)]
 
     def rank_scores(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,

@@ -28,6 +28,9 @@ DETECT_SIDE = 160
 found, in about 40-80 ms on a CPU (at 256 px it is 2-3x slower and adds false faces in fur)."""
 SALIENCY_SIDE = 64
 """The saliency map is computed on a copy with this short side (about a millisecond)."""
+MIN_CONCENTRATION = 0.35
+"""The strongest salient region must hold this share of the salient mass to count as a subject
+(measured: 0.41-1.0 on the real test photos, 0.22-0.26 on noise)."""
 CENTRE_SIGMA = 0.3
 """Width of the saliency centre prior, as a fraction of the frame."""
 HEAD_GROWTH = (0.25, 0.5, 0.25, 0.05)
@@ -40,6 +43,10 @@ SUBJECT_PENALTY = 4.0
 """Penalty per share of the salient box cut, in units of the spread (std) of the crop scores."""
 MASS_PENALTY = 8.0
 """Penalty per share of the saliency mass left out (relative to the candidate that keeps the most)."""
+MASS_KEEP = 1.0
+"""Crops keeping this share of the most saliency mass any candidate keeps are not penalized for it.
+1.0 (every share missing costs) kept the subject in 20-21 of 24 real-photo cases with random
+models against 14-17 at 0.85, at the price of larger free crops (mean area 0.79 against 0.65)."""
 KEEP_FRACTION = 0.97
 """A candidate keeps a head when it holds at least this share of the head box."""
 
@@ -127,6 +134,8 @@ def salient_box(image: np.ndarray, side: int = SALIENCY_SIDE, sal: Optional[np.n
     if count <= 1:
         return None
     strength = [sal[labels == i].sum() for i in range(1, count)]
+    if max(strength) < MIN_CONCENTRATION * sum(strength):
+        return None  # saliency scattered all over (texture, noise): no subject to keep
     best = 1 + int(np.argmax(strength))
     x, y, w, h = stats[best, :4]
     sy, sx = image.shape[0] / sal.shape[0], image.shape[1] / sal.shape[1]
@@ -139,7 +148,8 @@ def find_subjects(image: np.ndarray) -> Subjects:
     if len(faces):
         return Subjects(heads=heads_from_faces(faces, image.shape[:2]))
     sal = saliency_map(image)
-    return Subjects(salient=salient_box(image, sal=sal), saliency=sal)
+    box = salient_box(image, sal=sal)
+    return Subjects(salient=box, saliency=None if box is None else sal)
 
 
 def kept_fraction(boxes: np.ndarray, subject: np.ndarray) -> np.ndarray:
@@ -169,8 +179,9 @@ def apply_subject_rule(boxes: np.ndarray, scores: np.ndarray, subjects: Subjects
     """Scores adjusted so crops keep the subjects: a candidate that cuts a head gets -inf when
     another keeps it (a head taller than the crop can be: those keeping the most of it stay,
     centred on it);
-    the salient box costs SUBJECT_PENALTY score spreads per share of it cut, and leaving out
-    saliency mass MASS_PENALTY spreads per share (needs the photo's (height, width) `size`)."""
+    the salient box costs SUBJECT_PENALTY score spreads per share of it cut, and keeping less
+    than MASS_KEEP of the saliency mass MASS_PENALTY spreads per share missing (needs the
+    photo's (height, width) `size`)."""
     scores = np.asarray(scores, dtype=np.float64).copy()
     spread = max(float(scores.std()), 1e-6)
     if len(subjects.heads):
@@ -186,5 +197,5 @@ def apply_subject_rule(boxes: np.ndarray, scores: np.ndarray, subjects: Subjects
         scores -= SUBJECT_PENALTY * spread * (1.0 - kept_fraction(boxes, subjects.salient))
     if subjects.saliency is not None and size is not None:
         mass = saliency_kept(boxes, subjects.saliency, size)
-        scores -= MASS_PENALTY * spread * (1.0 - mass / max(float(mass.max()), 1e-12))
+        scores -= MASS_PENALTY * spread * np.clip(MASS_KEEP - mass / max(float(mass.max()), 1e-12), 0.0, None)
     return scores
