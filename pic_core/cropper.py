@@ -74,7 +74,7 @@ class Cropper:
 
     def __init__(self, backend: Backend, short_side: int, device: Union[str, torch.device] = "cpu",
                  channels_last: bool = False, model: Optional[CropScorer] = None, description: str = "",
-                 candidate_set: str = "grid", keep_subjects: bool = True):
+                 candidate_set: str = "grid", keep_subjects: bool = True, detect_faces: bool = True):
         if candidate_set not in CANDIDATE_SETS:
             raise ValueError(f"unknown candidate set {candidate_set!r}; choose one of {', '.join(CANDIDATE_SETS)}")
         self.backend = backend
@@ -85,6 +85,7 @@ class Cropper:
         self.description = description
         self.candidate_set = candidate_set
         self.keep_subjects = keep_subjects
+        self.detect_faces = detect_faces  # the subject rule looks for faces (else saliency alone)
 
     @classmethod
     def from_model(cls, model: CropScorer, device: Union[str, torch.device] = "cpu", personal: bool = True,
@@ -100,13 +101,15 @@ class Cropper:
                         "only the runtime settings apply", profile.name, profile.name,
                         ", ".join(f"{k}={have} not {want}" for k, (have, want) in mismatched.items()))
         if profile.compile and device.type == "cpu":
-            return load_exported(compile_cached(model, personal, profile.name), "cpu")
+            compiled = load_exported(compile_cached(model, personal, profile.name), "cpu")
+            compiled.detect_faces = profile.faces
+            return compiled
         channels_last = profile.channels_last and device.type == "cpu"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         return cls(ScoringModule(model, personal).eval(), model.config.short_side, device, channels_last,
                    model=model, description=f"eager, profile {profile.name}",
-                   candidate_set=model.config.candidates)
+                   candidate_set=model.config.candidates, detect_faces=profile.faces)
 
     @classmethod
     def load(cls, model_path: Union[str, Path], user_state: Optional[Union[str, Path]] = None,
@@ -189,7 +192,8 @@ class Cropper:
     def rank_scores(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
                     subjects: Optional[Subjects] = None) -> np.ndarray:
         """Scores with the subject rule applied (subjects found on `image` unless given)."""
-        return apply_subject_rule(boxes, scores, find_subjects(image) if subjects is None else subjects,
+        subjects = find_subjects(image, self.detect_faces) if subjects is None else subjects
+        return apply_subject_rule(boxes, scores, subjects,
                                   image.shape[:2])
 
 

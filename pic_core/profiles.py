@@ -19,13 +19,15 @@ class Profile:
     channels_last: bool = True  # NHWC input and weights (measured faster for MobileNetV2 on CPU)
     compile: bool = False  # on CPU: AOTInductor-compile the scoring graph once, cached (see export.py)
     expects: dict = field(default_factory=dict)
+    faces: bool = True  # subject rule: look for faces (40-80 ms); False: saliency only (about 1 ms)
     description: str = ""
 
 
 PROFILES = {
     "default": Profile("default", description="any model; eager PyTorch, channels-last"),
-    "fast": Profile("fast", compile=True, expects=FAST_MODEL,
-                    description="a model trained with `--config fast`, compiled ahead of time on first use"),
+    "fast": Profile("fast", compile=True, expects=FAST_MODEL, faces=False,
+                    description="a model trained with `--config fast`, compiled ahead of time on first use; "
+                                "subjects by saliency only (no face detection)"),
 }
 
 
