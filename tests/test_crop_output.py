@@ -92,3 +92,20 @@ def test_synthetic_population_over_free_candidates(tmp_path):
     assert 170 <= len(crop_set.boxes) <= 300
     assert np.allclose(crop_set.boxes, candidate_boxes(height, width, "free"))
     assert len(candidate_boxes(height, width, "grid")) != len(crop_set.boxes)
+
+
+def test_crop_command_subjects_option(tiny_model_file, tmp_path):
+    from fedpic.cli import main
+    from real_photos import load_photo
+
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(load_photo("astronaut")).save(photo)
+    rows = {}
+    for mode in ("faces", "off"):
+        out = tmp_path / mode
+        assert main(["crop", str(photo), "--model", str(tiny_model_file), "--config", "tiny", "--quiet", "--out",
+                     str(out), "--aspect", "1:1", "--top", "1", "--no-crops", "--subjects", mode]) == 0
+        rows[mode] = json.loads((out / "crops.jsonl").read_text())["crops"][0]
+    assert rows["faces"]["box"] != rows["off"]["box"] or "model_score" not in rows["off"]
+    x1, y1, x2, y2 = rows["faces"]["box"]
+    assert x1 <= 150 and y1 <= 15 and x2 >= 300 and y2 >= 175  # the astronaut's head is whole
