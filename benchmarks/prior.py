@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -46,6 +48,7 @@ from client.features import TapSampleCache  # noqa: E402
 from client.local import refit_round, train_round  # noqa: E402
 from client.settings import NodeSettings  # noqa: E402
 from client.state_store import PersonalStateStore  # noqa: E402
+from pic_core.checkpoint import load_model, save_model  # noqa: E402
 from pic_core.config import Config, load_config, parse_overrides, to_dict  # noqa: E402
 from pic_core.data import Dataset  # noqa: E402
 from pic_core.metrics import mean_ci  # noqa: E402
@@ -118,6 +121,30 @@ def stored_result(model: CropScorer, users: list, folder: Path, cache: TapSample
     return result
 
 
+def cached_pre_model(data: Path, users: list, config: Config, device: torch.device) -> CropScorer:
+    """Stage pre on generic.csv (no test images), trained once per (model, pre, seed, data) and cached."""
+    head_only = ("embed_dim", "preference_hidden")  # stage pre never trains the preference head
+    model_key = {k: v for k, v in to_dict(config.model).items() if k not in head_only}
+    key = json.dumps({"model": model_key, "pre": to_dict(config.pre), "seed": config.seed,
+                      "data": str(data.resolve())}, sort_keys=True)
+    path = RUNS / "models" / f"prior-pre-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    if not path.is_file():
+        log.info("stage pre on %s (cached as %s)", data, path)
+        model, train_log = train_generic(Dataset(data), users, config, SampleCache(config.model.short_side), device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(path, model, to_dict(config), "pre", {"train": train_log.as_dict()})
+        log.info("pre: loss %s in %.0fs", train_log.summary(), train_log.seconds)
+    cached = load_model(path)[0]
+    set_seed(config.seed)
+    model = CropScorer(config.model)  # this config's preference head (seeded), the cached pre weights elsewhere
+    own = model.state_dict()
+    with torch.no_grad():
+        for name, value in cached.state_dict().items():
+            if not name.startswith(("preference.", "prior_embedding")) and own[name].shape == value.shape:
+                own[name].copy_(value)
+    return model.to(device).eval()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="demo", help="YAML config (default: the shipped demo config)")
@@ -138,9 +165,7 @@ def main(argv=None) -> int:
     users = load_users(Dataset(data))
     timing: dict[str, float] = {}
     start = time.perf_counter()
-    pre_model, _ = train_generic(Dataset(data), users, config, SampleCache(config.model.short_side),
-                                 device)
-    pre_model.eval()
+    pre_model = cached_pre_model(data, users, config, device)
     timing["pre"] = time.perf_counter() - start
     cache = TapSampleCache(pre_model, None, device)  # frozen backbone: one pass per image for every method
     du_config = replace(config, finetune=replace(config.finetune, head_lr=0.0))
@@ -154,6 +179,10 @@ def main(argv=None) -> int:
             results[f"{name}-du"] = evaluate_users(model, users, du_config, args.shots, method=f"{name}-du",
                                                    cache=cache, device=device)
         timing[f"{name}_eval"] = time.perf_counter() - t0
+        for key in (name, f"{name}-du"):
+            if key in results:
+                acc = results[key].summary(("acc1_5",))["acc1_5"]
+                log.info("%s: acc1_5 %.3f +- %.3f", key, acc["mean"], acc["ci95"])
 
     if "generic" in args.methods:
         results["generic"] = evaluate_users(objective_only(pre_model), users, config, args.shots, method="generic",
@@ -166,6 +195,7 @@ def main(argv=None) -> int:
             set_seed(config.seed)
             model = copy.deepcopy(pre_model)
             pools = {u.user_id: u.split("prior") for u in users}
+            log.info("centralized prior, method %s", method)
             train_prior(model, pools, replace(config, prior=replace(config.prior, method=method)), cache, device)
             timing[f"{method}_train"] = time.perf_counter() - t0
             personalize(method, model.eval())
