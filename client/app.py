@@ -2,7 +2,9 @@
 
 `train` messages: the SHARED weights and the run's fedpic config in, an update of the SHARED
 keys (see pic_core.exchange) and scalar metrics out. `evaluate` messages: the SHARED weights
-in, scalar metrics out. Nothing else is ever put in a reply: no PERSONAL key, no d_u, no
+in, scalar metrics out. `query.refit` messages (REFIT_MESSAGE, the end of a federation): the
+final SHARED weights in; the device refits and saves its personal state, scalar metrics out.
+Nothing else is ever put in a reply: no PERSONAL key, no d_u, no
 image or feature tensor. `app` is the component named in pyproject.toml; `make_client_app`
 binds run-config values (what `fedpic simulate` does) and optional Flower mods.
 """
@@ -19,12 +21,12 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from pic_core.config import Config, ModelConfig, from_dict
-from pic_core.exchange import ARRAYS, CONFIG, FEDPIC_CONFIG, METRICS, NUM_EXAMPLES, encode_update, encoding_for, \
-    upload_keys
+from pic_core.exchange import ARRAYS, CONFIG, FEDPIC_CONFIG, METRICS, NUM_EXAMPLES, REFIT_ACTION, encode_update, \
+    encoding_for, upload_keys
 from pic_core.model import CropScorer
 from pic_core.params import from_numpy, load_shared
 
-from .local import configure_torch, evaluate_round, train_round
+from .local import configure_torch, evaluate_round, refit_round, train_round
 from .privacy import optional_clipping_mod
 from .settings import NodeSettings, node_settings
 
@@ -81,6 +83,15 @@ def handle_evaluate(message: Message, context: Context, bound: Mapping[str, Any]
     return Message(content, reply_to=message)
 
 
+def handle_refit(message: Message, context: Context, bound: Mapping[str, Any]) -> Message:
+    config = message_config(message)
+    settings = _settings(context, config, bound)
+    model = build_model(config, received_arrays(message), settings)
+    metrics = refit_round(model, settings.dataset.user(settings.user_id), config, settings)
+    content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: int(metrics.pop("images")), **metrics})})
+    return Message(content, reply_to=message)
+
+
 def make_client_app(bound: Optional[Mapping[str, Any]] = None, mods: Optional[Sequence[Mod]] = None) -> ClientApp:
     """A ClientApp whose run config is `bound` on top of Flower's (data-dir, state-dir, device...).
 
@@ -96,6 +107,10 @@ def make_client_app(bound: Optional[Mapping[str, Any]] = None, mods: Optional[Se
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         return handle_evaluate(message, context, bound)
+
+    @client_app.query(REFIT_ACTION)
+    def refit(message: Message, context: Context) -> Message:
+        return handle_refit(message, context, bound)
 
     return client_app
 

@@ -1,9 +1,13 @@
 """What a device does with a round, on its own data (Flower-free, so it can be tested alone).
 
-Training (FedRep-style): load d_u from the state store, fit d_u on the user's `prior`
-images with everything shared frozen (fast path on cached crop features), then train the
-shared part with d_u fixed, save d_u, and return the trained SHARED weights with scalar
-metrics. Evaluation: on the user's `test` images, the generic model (d_u = 0), the model
+Training, prior.method `joint` (FedRep-style): load d_u from the state store, fit d_u on the
+user's `prior` images with everything shared frozen (fast path on cached crop features),
+then train the shared part with d_u fixed, save d_u, and return the trained SHARED weights
+with scalar metrics. prior.method `episodic`: pic_core.train.train_episodes on the user's
+`prior` images (the same function the centralized prior stage runs), then the personal
+state is refitted on those images and saved. Refit (the end of a federation): the personal
+state is fitted on the final model with every labelled image (`prior` + `train`) and saved,
+so the device keeps its best personalized model. Evaluation: on the user's `test` images, the generic model (d_u = 0), the model
 personalized by the evaluation protocol (few-shot fine-tuning on the `train` split, as
 `fedpic evaluate --all-users` does) and the model with the d_u the device keeps.
 """
@@ -25,7 +29,7 @@ from pic_core.ops import compiled_available
 from pic_core.params import BACKBONE_TAP_PREFIXES, shared_state, to_numpy
 from pic_core.protocol import evaluate_users
 from pic_core.samples import SampleCache
-from pic_core.train import evaluate, train_personal, train_shared
+from pic_core.train import evaluate, personal_fit, train_episodes, train_personal, train_shared
 
 from .features import TapSampleCache
 from .settings import NodeSettings
@@ -80,15 +84,16 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
     extra = store.load(model, for_round=server_round)
     before = store.snapshot(model, extra)
     seed = device_seed(config, server_round, user.user_id)
-    personal = train_personal(model, samples, epochs=fed.personal_epochs, lr=fed.personal_lr,
-                              rank_weight=prior.rank_weight, smooth_l1_weight=prior.smooth_l1_weight,
-                              delta_l2=fed.personal_l2, seed=seed, device=settings.device,
-                              optimizer_state=_optimizer_state(extra, model))
-    shared = train_shared(model, samples, epochs=fed.local_epochs, lr=fed.lr, rank_weight=prior.rank_weight,
-                          smooth_l1_weight=prior.smooth_l1_weight, weight_decay=prior.weight_decay, seed=seed,
-                          device=settings.device,
-                          exclude_prefixes=BACKBONE_TAP_PREFIXES if fed.freeze_backbone else (),
-                          proximal_mu=proximal_mu)
+    exclude = BACKBONE_TAP_PREFIXES if fed.freeze_backbone else ()
+    if prior.method == "episodic":
+        shared = train_episodes(model, [samples], epochs=fed.local_epochs, lr=fed.lr, rank_weight=prior.rank_weight,
+                                smooth_l1_weight=prior.smooth_l1_weight, weight_decay=prior.weight_decay,
+                                finetune=config.finetune, support=prior.support, inner=prior.inner, seed=seed,
+                                device=settings.device, exclude_prefixes=exclude, proximal_mu=proximal_mu)
+        personal = personal_fit(model, samples, config.finetune, seed=seed, device=settings.device)
+        personal.optimizer_state = None  # a fit from d_u = 0 each round: no moments to carry
+    else:
+        personal, shared = _joint_round(model, samples, config, settings, seed, extra, exclude, proximal_mu)
     rounds = [int(r) for r in extra.get("rounds", [])] + [int(server_round)]
     store.save(model, rounds, personal.optimizer_state, previous=before)
     if isinstance(cache, TapSampleCache):
@@ -101,7 +106,46 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
         "backbone-passes": float(getattr(cache, "computed", len(samples))),
         "compiled-op": float(compiled_available(settings.device)),  # 1: the device runs fedpic's C++/CUDA op
     }
+    if prior.method == "episodic":
+        model.personal.reset()  # the personal state is saved; the uploaded SHARED weights do not depend on it
     return TrainResult(to_numpy(shared_state(model)), metrics)
+
+
+def _joint_round(model: CropScorer, samples: list, config: Config, settings: NodeSettings, seed: int, extra: dict,
+                 exclude: tuple, proximal_mu: float):
+    """prior.method joint: d_u on the shared model (frozen), then the shared part with d_u fixed."""
+    fed, prior = config.federation, config.prior
+    personal = train_personal(model, samples, epochs=fed.personal_epochs, lr=fed.personal_lr,
+                              rank_weight=prior.rank_weight, smooth_l1_weight=prior.smooth_l1_weight,
+                              delta_l2=fed.personal_l2, seed=seed, device=settings.device,
+                              optimizer_state=_optimizer_state(extra, model))
+    shared = train_shared(model, samples, epochs=fed.local_epochs, lr=fed.lr, rank_weight=prior.rank_weight,
+                          smooth_l1_weight=prior.smooth_l1_weight, weight_decay=prior.weight_decay, seed=seed,
+                          device=settings.device, exclude_prefixes=exclude, proximal_mu=proximal_mu)
+    return personal, shared
+
+
+def refit_round(model: CropScorer, user: UserData, config: Config, settings: NodeSettings) -> dict[str, float]:
+    """The end of a federation: fit the personal state on the final model (`model`) with every
+    labelled image of this device (`prior` + `train` splits, never `test`) and save it, so
+    personal.pt is this device's best personalized model for `fedpic crop` / `fedpic evaluate`."""
+    sets = user.split("prior") + user.split("train")
+    if not sets:
+        raise DataError(f"{settings.data_dir}: user {user.user_id} has no labelled images to refit on")
+    start = time.perf_counter()
+    cache = sample_cache(model, config, settings)
+    samples = cache.samples(sets)
+    store = PersonalStateStore(settings.state_dir, user.user_id)
+    extra = store.load(model)
+    fit = personal_fit(model, samples, config.finetune, inner=config.prior.inner if config.prior.method == "episodic"
+                       else "finetune", seed=device_seed(config, 0, user.user_id), device=settings.device)
+    store.save(model, [int(r) for r in extra.get("rounds", [])], extra.get("optimizer"),  # rounds, moments kept
+               previous=extra.get("previous"))
+    if isinstance(cache, TapSampleCache):
+        cache.save()
+    model.personal.reset()
+    return {"images": float(len(samples)), "loss-personal": fit.final_loss(0.0),
+            "refit-seconds": time.perf_counter() - start}
 
 
 def evaluate_round(model: CropScorer, user: UserData, config: Config, settings: NodeSettings) -> dict[str, float]:

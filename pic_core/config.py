@@ -34,6 +34,7 @@ class ModelConfig:
     feature_dim: int = 128  # h_k, the crop feature
     embed_dim: int = 16  # preference space: e_0, d_u, g
     context_dim: int = 32  # dual-attention image context
+    preference_hidden: int = 64  # hidden width of g (the preference head), one ReLU layer
     dropout: float = 0.5
     candidates: str = "grid"  # what `crop` scores without --aspect: grid (GAIC anchors) | free (pic_core/candidates.py)
     personal_head: bool = False  # a small per-user linear head over g, kept on the device
@@ -61,6 +62,9 @@ class PriorConfig:
     smooth_l1_weight: float = 1.0
     schedule: str = "interleaved"  # interleaved (shuffle all users' images) | sequential (user after user)
     max_images_per_user: Optional[int] = None
+    method: str = "joint"  # joint: a d_u per user trained with the shared part | episodic: learn to personalize
+    support: int = 5  # episodic: support images per episode (the personal part is fitted on these)
+    inner: str = "finetune"  # episodic: personal fit = the finetune fast path (finetune) | d_u alone (embedding)
 
 
 @dataclass
@@ -111,6 +115,7 @@ class FederationConfig:
     cpus_per_device: float = 1.0  # simulation: Ray CPUs per device (devices running at once = cores / this)
     threads_per_device: int = 1  # torch threads inside each simulated device
     ray_address: Optional[str] = None  # simulation: HOST:PORT of an existing Ray cluster (None: a fresh local Ray)
+    refit: bool = True  # after the last round every device refits its personal state on the final model
 
 
 @dataclass
@@ -132,6 +137,8 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "prior.schedule": ("interleaved", "sequential"),
     "model.candidates": ("grid", "free"),
+    "prior.method": ("joint", "episodic"),
+    "prior.inner": ("finetune", "embedding"),
     "finetune.mode": ("fast", "full"),
     "federation.strategy": STRATEGIES,
 }

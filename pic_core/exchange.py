@@ -31,6 +31,10 @@ NUM_EXAMPLES = "num-examples"
 """Aggregation weight in every device reply: images the device trained or evaluated on."""
 FEDPIC_CONFIG = "fedpic-config"
 """ConfigRecord key: the run's fedpic Config as JSON (stage settings, federation section)."""
+REFIT_ACTION = "refit"
+"""Action of the end-of-federation message (message type `query.refit`): the final SHARED weights
+in, each device refits and saves its personal state, scalar metrics out."""
+REFIT_MESSAGE = f"query.{REFIT_ACTION}"
 ENCODINGS = ("weights", "delta16")
 
 

@@ -140,8 +140,8 @@ class CropScorer(nn.Module):
             nn.ReLU(inplace=True), nn.Flatten(), nn.Dropout(config.dropout))
         self.objective_out = nn.Linear(config.feature_dim, 1)
         self.preference = nn.Sequential(
-            nn.Linear(config.feature_dim + config.context_dim + GEOMETRY_DIM, 64), nn.ReLU(inplace=True),
-            nn.Linear(64, e))
+            nn.Linear(config.feature_dim + config.context_dim + GEOMETRY_DIM, config.preference_hidden),
+            nn.ReLU(inplace=True), nn.Linear(config.preference_hidden, e))
         self.prior_embedding = nn.Parameter(torch.randn(e) / e ** 0.5)
         head_weights = None
         if config.personal_offsets:

@@ -1,8 +1,15 @@
 """The three training stages (pre, prior, finetune) and the loops they share.
 
 One image per optimizer step, as in the reference: its candidates form the batch the
-losses rank. The federated client reuses `train_personal` and `train_shared` for its
-FedRep-style rounds, so central and federated training run the same code.
+losses rank. The federated client reuses `train_personal`, `train_shared` and
+`train_episodes`, so central and federated training run the same code.
+
+The prior has two methods (config prior.method). `joint`: a d_u per user is trained with
+the shared part (the paper's stage). `episodic`: the shared part learns to be personalized;
+each episode fits a user's personal part on a few support images with the very fast path the
+few-shot protocol uses (`personal_fit`), then updates the shared part on that user's other
+(query) images through the fitted personal part (first-order, as Per-FedAvg's FO variant and
+FedRep's head/body split).
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, FinetuneConfig
 from .data.records import CropSet
 from .losses import crop_loss
 from .metrics import crop_metrics
@@ -160,6 +167,17 @@ def train_prior(model: CropScorer, users: Mapping[str, Sequence[CropSet]], confi
     """
     cfg = config.prior
     user_ids = list(users)
+    if cfg.method == "episodic":
+        pools = []
+        for uid in user_ids:
+            sets = list(users[uid])
+            pools.append(cache.samples(sets[: cfg.max_images_per_user] if cfg.max_images_per_user else sets))
+        log = train_episodes(model, pools, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
+                             smooth_l1_weight=cfg.smooth_l1_weight, weight_decay=cfg.weight_decay,
+                             support=cfg.support, inner=cfg.inner, finetune=config.finetune, seed=config.seed,
+                             progress=config.progress, device=device)
+        model.personal.reset()
+        return log, {uid: torch.zeros(model.config.embed_dim) for uid in user_ids}
     table = nn.Embedding(len(user_ids), model.config.embed_dim).to(device or "cpu")
     nn.init.zeros_(table.weight)
     samples: list[Sample] = []
@@ -290,6 +308,83 @@ def train_shared(model: CropScorer, samples: Sequence[Sample], *, epochs: int, l
             p.requires_grad_(True)
 
 
+def personal_fit(model: CropScorer, samples: Sequence[Sample], finetune: FinetuneConfig, *, inner: str = "finetune",
+                 seed: int = 0, device: Optional[torch.device] = None, progress: bool = False) -> TrainLog:
+    """The few-shot fast path from d_u = 0: what the protocol, the episodes and the refit all run.
+
+    inner `finetune` is exactly finetune(mode fast); `embedding` fits d_u (+ head) alone.
+    """
+    model.personal.reset()
+    return train_personal(model, samples, epochs=finetune.epochs, lr=finetune.lr, rank_weight=finetune.rank_weight,
+                          smooth_l1_weight=finetune.smooth_l1_weight, delta_l2=finetune.delta_l2, seed=seed,
+                          progress=progress, device=device,
+                          head_lr=finetune.head_lr if inner == "finetune" else 0.0)
+
+
+def train_episodes(model: CropScorer, users: Sequence[Sequence[Sample]], *, epochs: int, lr: float,
+                   rank_weight: float, smooth_l1_weight: float, finetune: FinetuneConfig, support: int = 5,
+                   inner: str = "finetune", weight_decay: float = 0.0, seed: int = 0, progress: bool = False,
+                   device: Optional[torch.device] = None, exclude_prefixes: Sequence[str] = (),
+                   proximal_mu: float = 0.0) -> TrainLog:
+    """Episodic prior training: the SHARED part learns so that a few-shot personal fit works.
+
+    Each epoch, every user (shuffled) gives one episode: `support` random images (at most all but
+    one) fit the personal part with `personal_fit` (shared frozen); then every other image of that
+    user is one Adam step of the shared part with the fitted personal part held fixed (first-order:
+    no gradient through the fit). The personal part is reset after each episode, so the model
+    leaves with d_u = 0. Used by the centralized prior stage (all users) and by a device's round
+    (its own images: `users` holds one list).
+    """
+    log = TrainLog("episodic")
+    parameters = trainable_shared_parameters(model, exclude_prefixes)
+    pools = [list(u) for u in users if len(u) >= 2]
+    if epochs <= 0 or not pools or not parameters:
+        return log
+    device = device or next(model.parameters()).device
+    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    anchors = [p.detach().clone() for p in parameters] if proximal_mu > 0 else None
+    personal_params = list(model.personal.parameters())
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    bar = tqdm(total=epochs * len(pools), desc="episodes", disable=not progress, leave=False)
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for user_index in rng.permutation(len(pools)):
+            pool = pools[user_index]
+            order = rng.permutation(len(pool))
+            k = max(1, min(support, len(pool) - 1))
+            personal_fit(model, [pool[i] for i in order[:k]], finetune, inner=inner,
+                         seed=int(rng.integers(2 ** 31)), device=device)
+            for p in personal_params:
+                p.requires_grad_(False)
+            model.train()
+            try:
+                for i in order[k:]:
+                    sample = pool[i]
+                    features = model.crop_features(encode_sample(model, sample, device), sample.boxes.to(device))
+                    loss = crop_loss(model.combine(features), sample.scores.to(device), rank_weight,
+                                     smooth_l1_weight)
+                    if anchors is not None:
+                        loss = loss + 0.5 * proximal_mu * sum((p - a).pow(2).sum()
+                                                              for p, a in zip(parameters, anchors))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach())
+                    count += 1
+                    log.steps += 1
+            finally:
+                for p in personal_params:
+                    p.requires_grad_(True)
+                model.eval()
+            bar.update(1)
+        log.epoch_losses.append(total / max(count, 1))
+    bar.close()
+    model.personal.reset()
+    log.seconds = time.perf_counter() - start
+    return log
+
+
 def finetune(model: CropScorer, crop_sets: Sequence[CropSet], config: Config, cache: SampleCache,
              device: Optional[torch.device] = None) -> TrainLog:
     """Stage finetune for one user, from the prior: d_u starts at 0 (the population prior).
@@ -302,9 +397,7 @@ def finetune(model: CropScorer, crop_sets: Sequence[CropSet], config: Config, ca
     model.personal.reset()
     samples = cache.samples(crop_sets)
     if cfg.mode == "fast":
-        return train_personal(model, samples, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
-                              smooth_l1_weight=cfg.smooth_l1_weight, delta_l2=cfg.delta_l2, seed=config.seed,
-                              progress=config.progress, device=device, head_lr=cfg.head_lr)
+        return personal_fit(model, samples, cfg, seed=config.seed, device=device, progress=config.progress)
     offsets = {id(p) for p in model.personal.offset_parameters()}  # redundant with the weights they offset
     parameters = [p for p in model.parameters() if id(p) not in offsets]
     return run_epochs(model, samples, parameters, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,

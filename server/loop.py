@@ -20,13 +20,14 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from pic_core.checkpoint import CheckpointError, load_model, save_model
 from pic_core.config import Config, ConfigError, to_dict
-from pic_core.exchange import FEDPIC_CONFIG, conform, encoding_for, payload_bytes, upload_keys
+from pic_core.exchange import ARRAYS, CONFIG, FEDPIC_CONFIG, METRICS, NUM_EXAMPLES, REFIT_MESSAGE, conform, \
+    encoding_for, payload_bytes, upload_keys
 from pic_core.model import CropScorer
 from pic_core.params import from_numpy, load_shared, shared_state, to_numpy
 from pic_core.runtime import set_seed
@@ -143,6 +144,25 @@ class Federation:
         metrics = self.strategy.aggregate_evaluate(server_round, ok) if ok else None
         return (dict(metrics) if metrics is not None else None), len(ok), time.perf_counter() - start
 
+    def refit(self) -> dict:
+        """Every connected device refits its personal state on the current (final) model.
+
+        Sent to all devices, not a sample: each keeps its best personalized model. Returns the
+        log fields: devices asked, replies, the mean refit seconds and the images used.
+        """
+        start = time.perf_counter()
+        nodes = sorted(self.grid.get_node_ids())
+        messages = [Message(RecordDict({ARRAYS: self._array_record(), CONFIG: self._config_record()}),
+                            dst_node_id=node, message_type=REFIT_MESSAGE) for node in nodes]
+        replies = [r for r in self._send(messages) if not r.has_error()]
+        if len(replies) < len(messages):
+            log.warning("refit: %d of %d devices did not refit", len(messages) - len(replies), len(messages))
+        seconds = [float(r.content[METRICS].get("refit-seconds", 0.0)) for r in replies]
+        images = [int(r.content[METRICS].get(NUM_EXAMPLES, 0)) for r in replies]
+        return {"devices": len(messages), "replies": len(replies), "images": int(sum(images)),
+                "device_seconds_mean": float(np.mean(seconds)) if seconds else None,
+                "seconds": time.perf_counter() - start}
+
     def _array_record(self) -> ArrayRecord:
         return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in self.arrays.items()})
 
@@ -220,6 +240,8 @@ class Federation:
         for server_round in range(self.start_round, self.fed.rounds + 1):
             fields = self.train(server_round)
             fields.update({"evaluate": None, "eval_devices": 0, "eval_seconds": 0.0})
+            if server_round == self.fed.rounds and self.fed.refit:
+                fields["refit"] = self.refit()  # before the last evaluation: its `stored` is the refit state
             if _evaluation_due(self.config, server_round):
                 metrics, devices, seconds = self.evaluate(server_round)
                 fields.update({"evaluate": metrics, "eval_devices": devices, "eval_seconds": seconds})

@@ -118,7 +118,9 @@ def test_no_personal_key_d_u_or_image_tensor_leaves_a_device(fed_run):
     shapes = {k: tuple(v.shape) for k, v in final.state_dict().items()}
     allowed = set(upload_keys(shared_keys(final), freeze_backbone=True))
     deltas = [d for c in captured for d in c["deltas_on_disk"].values()]
-    assert len(captured) == 3 * 2 + 3 * 3  # 2 training rounds, 3 evaluation rounds (0, 1, 2), 3 devices
+    # 2 training rounds, 3 evaluation rounds (0, 1, 2), the refit after the last round; 3 devices
+    assert len(captured) == 3 * 2 + 3 * 3 + 3
+    assert sum(c["type"] == "query.refit" for c in captured) == 3
     assert deltas and all(np.abs(d).sum() > 0 for d in deltas[-3:])
     for reply in captured:
         assert not reply["error"] and not reply["configs"]
@@ -132,7 +134,7 @@ def test_no_personal_key_d_u_or_image_tensor_leaves_a_device(fed_run):
                     assert delta.astype(np.float16).tobytes() not in value.tobytes()
                     assert delta.astype(np.float32).tobytes() not in value.tobytes()
         (metrics,) = reply["metrics"].values()
-        assert metrics[NUM_EXAMPLES] in (6, 3)
+        assert metrics[NUM_EXAMPLES] in (6, 3, 9)  # prior, test, prior + train (refit)
         for value in metrics.values():
             assert isinstance(value, (int, float)) and not isinstance(value, bool)
             assert not any(np.isclose(value, delta).any() for delta in deltas if value != 0)
