@@ -25,6 +25,7 @@ from pic_core.checkpoint import load_model, load_user_state
 from pic_core.config import load_config
 from pic_core.exchange import ARRAYS, METRICS, NUM_EXAMPLES, upload_keys
 from pic_core.params import is_backbone_tap, shared_keys, shared_state
+from server.checkpoint import load_server_state
 from server.round_log import read_rounds
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -183,6 +184,7 @@ def test_resume_after_killing_the_server_mid_run_continues_from_the_last_round(f
             process.wait()
     stopped_at = _checkpoint_round(out / "checkpoint.pt")
     assert 1 <= stopped_at < 50
+    at_stop = load_server_state(out / "checkpoint.pt").arrays
     config = load_config(TINY, overrides=dict(OVERRIDES, **{"federation.rounds": stopped_at + 1}))
     plan = SimulationPlan(config=config, data_dir=fed_run["data"], out_dir=out, users=fed_run["plan"].users,
                           holdout=[], init_model=pre, resume=True)
@@ -195,5 +197,12 @@ def test_resume_after_killing_the_server_mid_run_continues_from_the_last_round(f
     if stopped_at == 1:  # the same two rounds as the uninterrupted fixture run
         resumed, _ = load_model(out / "model.pt")
         reference, _ = load_model(fed_run["out"] / "model.pt")
-        for key, value in shared_state(reference).items():
-            torch.testing.assert_close(shared_state(resumed)[key], value, atol=1e-5, rtol=1e-4)
+        ref, got = shared_state(reference), shared_state(resumed)
+        moved = [k for k in at_stop if ref[k].is_floating_point() and not np.array_equal(at_stop[k], ref[k].numpy())]
+        assert moved  # round 2 changed the model, so the comparison below can fail
+        # Adam turns float rounding noise (thread scheduling, a killed device's cache) into steps
+        # of up to lr, so bit equality is not promised; a skipped, repeated or mis-started round 2
+        # (device state not rolled back) lands as far from the reference as round 1 itself
+        distance = sum(float((got[k] - ref[k]).norm() ** 2) for k in moved) ** 0.5
+        round_two = sum(float(np.linalg.norm(at_stop[k] - ref[k].numpy()) ** 2) for k in moved) ** 0.5
+        assert distance < 0.1 * round_two, (distance, round_two)
