@@ -188,3 +188,19 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
         return mean, math.nan
     sem = float(arr.std(ddof=1)) / math.sqrt(arr.size)
     return mean, float(stats.t.ppf(0.5 + confidence / 2.0, arr.size - 1)) * sem
+
+
+# ---------------------------------------------------------------- GAIC's results table
+
+GAIC_COLUMNS = tuple(f"acc{k}_{n}" for n in NS for k in KS) + ("wacc_5", "wacc_10", "srcc", "pcc")
+
+
+def gaic_table(metrics: dict[str, float]) -> str:
+    """GAIC's results table (Acc1/5..Acc4/10, wAcc, SRCC, PCC) as two aligned text lines."""
+    missing = [c for c in GAIC_COLUMNS if c not in metrics]
+    if missing:
+        raise KeyError(f"metrics lack {', '.join(missing)} (use crop_metrics output)")
+    heads = [f"Acc{k}/{n}" for n in NS for k in KS] + ["wAcc/5", "wAcc/10", "SRCC", "PCC"]
+    cells = [f"{metrics[c]:.4f}" for c in GAIC_COLUMNS]
+    widths = [max(len(h), len(v)) for h, v in zip(heads, cells)]
+    return "\n".join(" ".join(x.rjust(w) for x, w in zip(row, widths)) for row in (heads, cells))

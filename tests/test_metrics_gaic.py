@@ -56,3 +56,15 @@ def test_sorting_positions_changes_wacc():
     pred = gt.copy()
     pred[[0, 1]] = pred[[1, 0]]
     assert crop_metrics([pred], [gt])["wacc2_5"] == pytest.approx(1.0)
+
+
+def test_gaic_table_lists_gaic_columns():
+    from pic_core.metrics import gaic_table
+    rng = np.random.default_rng(0)
+    m = crop_metrics([rng.normal(size=20)], [rng.normal(size=20)])
+    head, row = gaic_table(m).splitlines()
+    assert head.split() == ["Acc1/5", "Acc2/5", "Acc3/5", "Acc4/5", "Acc1/10", "Acc2/10", "Acc3/10",
+                            "Acc4/10", "wAcc/5", "wAcc/10", "SRCC", "PCC"]
+    assert float(row.split()[0]) == pytest.approx(m["acc1_5"], abs=1e-4)
+    with pytest.raises(KeyError, match="srcc"):
+        gaic_table({k: v for k, v in m.items() if k != "srcc"})
