@@ -6,7 +6,7 @@ docs/formats.md, section Metrics) so that two runs on the same scores always giv
 
 * top-K predicted crops: stable sort by descending prediction, ties to the lower index;
 * "in the ground-truth top-N": gt score >= the N-th best gt score (boundary ties hit);
-* ground-truth rank r = 1 + number of candidates with a strictly higher gt score;
+* wAcc: 0-based positions in the stable descending gt order, sorted (GAIC's loop);
 * SRCC uses average ranks for ties; an image whose predictions or ground truth are
   constant has no correlation and is left out of the srcc/pcc means.
 
@@ -91,15 +91,25 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(average_ranks(a), average_ranks(b))
 
 
+def gt_positions(gt: np.ndarray) -> np.ndarray:
+    """0-based position of each candidate in the stable descending ground-truth order (GAIC)."""
+    pos = np.empty(len(gt), dtype=np.int64)
+    pos[predicted_order(gt)] = np.arange(len(gt))
+    return pos
+
+
 def image_accuracy(pred: np.ndarray, gt: np.ndarray, k: int, n: int) -> tuple[float, float]:
-    """(Acc_K/N, wAcc_K/N) of one image; the caller ensures len(gt) > n >= k."""
+    """(Acc_K/N, wAcc_K/N) of one image exactly as GAIC's loop; the caller ensures len(gt) > n >= k.
+
+    wAcc sorts the ground-truth positions of the top-K crops before weighting (GAIC does).
+    """
     top_k = predicted_order(pred)[:k]
     threshold = np.sort(gt)[::-1][n - 1]
-    ranks = competition_ranks(gt)
     hits = gt[top_k] >= threshold
-    j = np.arange(1, k + 1)
-    weights = np.exp(-(ranks[top_k] - j) / n)
-    return float(hits.sum()) / k, float((hits * weights).sum()) / k
+    positions = np.sort(gt_positions(gt)[top_k])
+    j = np.arange(k)
+    weights = np.where(positions <= n - 1, np.exp(-(positions - j) / n), 0.0)
+    return float(hits.sum()) / k, float(weights.sum()) / k
 
 
 def crop_metrics(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> dict[str, float]:
@@ -178,3 +188,19 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
         return mean, math.nan
     sem = float(arr.std(ddof=1)) / math.sqrt(arr.size)
     return mean, float(stats.t.ppf(0.5 + confidence / 2.0, arr.size - 1)) * sem
+
+
+# ---------------------------------------------------------------- GAIC's results table
+
+GAIC_COLUMNS = tuple(f"acc{k}_{n}" for n in NS for k in KS) + ("wacc_5", "wacc_10", "srcc", "pcc")
+
+
+def gaic_table(metrics: dict[str, float]) -> str:
+    """GAIC's results table (Acc1/5..Acc4/10, wAcc, SRCC, PCC) as two aligned text lines."""
+    missing = [c for c in GAIC_COLUMNS if c not in metrics]
+    if missing:
+        raise KeyError(f"metrics lack {', '.join(missing)} (use crop_metrics output)")
+    heads = [f"Acc{k}/{n}" for n in NS for k in KS] + ["wAcc/5", "wAcc/10", "SRCC", "PCC"]
+    cells = [f"{metrics[c]:.4f}" for c in GAIC_COLUMNS]
+    widths = [max(len(h), len(v)) for h, v in zip(heads, cells)]
+    return "\n".join(" ".join(x.rjust(w) for x, w in zip(row, widths)) for row in (heads, cells))

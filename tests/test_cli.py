@@ -53,6 +53,10 @@ def test_personalize_then_evaluate_writes_a_user_state(trained, toy_dataset, cap
                  str(toy_dataset), "--user", "user1", *TINY]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["split"] == "test" and 0.0 <= printed["acc1_5"] <= 1.0 and "wacc_10" in printed
+    assert main(["evaluate", "--model", str(trained / "prior.pt"), "--data", str(toy_dataset), "--user", "user1",
+                 "--gaic-table", *TINY]) == 0
+    head, row = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert head.split()[0] == "Acc1/5" and head.split()[-1] == "PCC" and len(row.split()) == 12
 
 
 def test_population_evaluation_reports_means_with_intervals(trained, toy_dataset, tmp_path):

@@ -27,12 +27,12 @@ A_EXPECTED = {
 B_EXPECTED = {
     # N=5: pick 2 (gt 7, boundary tie) and pick 4 (gt 9) hit; pick 3 (gt 4) misses
     "acc1_5": 0.0, "acc2_5": 0.5, "acc3_5": 1 / 3, "acc4_5": 0.5,
-    "wacc1_5": 0.0, "wacc2_5": E(-(4 - 2) / 5) / 2, "wacc3_5": E(-(4 - 2) / 5) / 3,
-    "wacc4_5": (E(-(4 - 2) / 5) + E(-(1 - 4) / 5)) / 4,
+    # wAcc (GAIC): 0-based gt positions of the picks are 11, 5, 9, 0, sorted before weighting
+    "wacc1_5": 0.0, "wacc2_5": 0.0, "wacc3_5": 0.0, "wacc4_5": 1 / 4,
     # N=10: pick 3 (gt 4 = 10th best) now hits too
     "acc1_10": 0.0, "acc2_10": 0.5, "acc3_10": 2 / 3, "acc4_10": 0.75,
-    "wacc1_10": 0.0, "wacc2_10": E(-0.2) / 2, "wacc3_10": (E(-0.2) + E(-0.6)) / 3,
-    "wacc4_10": (E(-0.2) + E(-0.6) + E(0.3)) / 4,
+    "wacc1_10": 0.0, "wacc2_10": E(-0.5) / 2, "wacc3_10": (E(-0.5) + E(-0.8)) / 3,
+    "wacc4_10": (1 + E(-0.4) + E(-0.7)) / 4,
 }
 
 

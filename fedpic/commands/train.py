@@ -149,7 +149,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
-    print(text)
+    if getattr(args, "gaic_table", False):
+        from pic_core.metrics import gaic_table
+        print(gaic_table(metrics))
+    else:
+        print(text)
     return 0
 
 
@@ -234,5 +238,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=int, help="with --all-users: few-shot images per user (default: finetune.shots)")
     p.add_argument("--split", default="test", choices=["prior", "train", "test"])
     p.add_argument("--json", type=Path, help="also write the metrics here")
+    p.add_argument("--gaic-table", action="store_true",
+                   help="print GAIC's results table (Acc1/5..Acc4/10, wAcc, SRCC, PCC) instead of JSON")
     add_common_options(p)
     p.set_defaults(func=_cmd_evaluate)
