@@ -66,11 +66,10 @@ class MultiScaleBackbone(nn.Module):
         self.stage3 = layers[:first]
         self.stage4 = layers[first:second]
         self.stage5 = layers[second:]
+        self.eval()  # a train-mode probe would move the pretrained BatchNorm statistics towards a black image
         with torch.no_grad():
-            probe = torch.zeros(1, 3, 64, 64)
-            c3 = self.stage3(probe)
-            c4 = self.stage4(c3)
-            c5 = self.stage5(c4)
+            c3, c4, c5 = self.taps(torch.zeros(1, 3, 64, 64))
+        self.train()
         self.tap_channels = (c3.shape[1], c4.shape[1], c5.shape[1])
         self.reduce = nn.Conv2d(sum(self.tap_channels), channels, kernel_size=1)
         self.out_channels = channels
