@@ -19,10 +19,16 @@ Peak memory: each method runs the photos once in a fresh process (VmHWM). Qualit
 of the default and fast models on the demo population's test images with the evaluation
 protocol (pic_core.protocol), both trained the same way (bench_models.py) unless given.
 Writes runs/bench/infer.json.
+
+`--backbones-only`: EfficientNet-Lite0 (the default backbone) against MobileNetV2 1.0, both at
+the default model size, at short sides 256 and 128 (the demo's): time per crop set (Cropper,
+every candidate of a photo scored) and per backbone forward, with the ratios side by side.
+Untrained heads (timing only). Writes runs/bench/infer_backbones.json.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -136,7 +142,8 @@ def build_methods(default: CropScorer, fast: CropScorer, export_dir: Path) -> di
 
 def time_methods(methods: dict, croppers: dict, photos: dict[str, np.ndarray], repeats: int) -> dict:
     """Median (and min) ms per photo for each method, methods interleaved photo by photo."""
-    prepared = {kind: {n: croppers[kind].prepare(im)[0] for n, im in photos.items()} for kind in ("default", "fast")}
+    kinds = {kind for _, kind in methods.values() if kind}
+    prepared = {kind: {n: croppers[kind].prepare(im)[0] for n, im in photos.items()} for kind in kinds}
     times: dict[str, list[float]] = {name: [] for name in methods}
     for round_ in tqdm(range(repeats + 1), desc="timing rounds"):  # round 0 warms up (allocators, lazy inits)
         for name_photo, image in photos.items():
@@ -237,6 +244,35 @@ def quality(default_path: Path, fast_path: Path, data: Path, threads: int, max_u
             "users": len(users), "summary": results, "paired_difference": diffs}
 
 
+BACKBONES = {"lite0": "efficientnet_lite0", "mobilenet_v2": "mobilenet_v2"}
+
+
+def backbones_only(photos: dict[str, np.ndarray], repeats: int, short_sides: tuple[int, ...]) -> dict:
+    """Lite0 vs MobileNetV2 1.0 at each short side: crop set and backbone times, and their ratios."""
+    methods, croppers = {}, {}
+    for side in short_sides:
+        for name, kind in BACKBONES.items():
+            torch.manual_seed(0)
+            config = dataclasses.replace(ModelConfig(), backbone=kind, width=1.0, short_side=side)
+            model = CropScorer(config).eval()
+            key = f"{name} {side}"
+            croppers[key] = cropper = Cropper.from_model(model, "cpu", personal=False, profile="default")
+            methods[f"{key} crop set"] = (lambda im, c=cropper: c.crop(im, top_k=TOP_K), False)
+            methods[f"{key} backbone"] = (backbone_runner(cropper.backend.model), key)  # as the Cropper runs it
+    timings = time_methods(methods, croppers, photos, repeats)
+    table = {}
+    for side in short_sides:
+        row = {}
+        for name in BACKBONES:
+            crop = timings[f"{name} {side} crop set"]["median_ms"]
+            backbone = timings[f"{name} {side} backbone"]["median_ms"]
+            row[name] = {"crop_set_ms": crop, "backbone_ms": backbone, "crop_set_over_backbone": round(crop / backbone, 3)}
+        row["lite0_over_mobilenet_v2_crop_set"] = round(row["lite0"]["crop_set_ms"] / row["mobilenet_v2"]["crop_set_ms"], 3)
+        row["lite0_over_mobilenet_v2_backbone"] = round(row["lite0"]["backbone_ms"] / row["mobilenet_v2"]["backbone_ms"], 3)
+        table[str(side)] = row
+    return {"timings": timings, "by_short_side": table}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="demo population folder (default: generate it under runs/bench)")
@@ -253,6 +289,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RUNS / "infer.json")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     parser.add_argument("--memory-only", action="store_true", help="re-measure peak memory into an existing --out")
+    parser.add_argument("--backbones-only", action="store_true",
+                        help="EfficientNet-Lite0 vs MobileNetV2 only, on the real photos (runs/bench/infer_backbones.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("FEDPIC_CACHE", str(RUNS / "cache"))
@@ -269,6 +307,20 @@ def main() -> int:
         return 0
     set_threads(args.threads)
     start = time.perf_counter()
+    if args.backbones_only:
+        load_before = machine()["load_average_1_5_15"]
+        report = {"machine": machine() | {"load_average_at_start": load_before}, "threads": args.threads,
+                  "photos": {n: list(im.shape[:2]) for n, im in real_photos().items()}}
+        report |= backbones_only(real_photos(), args.repeats, (256, 128))
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        out = args.out if args.out != RUNS / "infer.json" else RUNS / "infer_backbones.json"
+        write_json(out, report)
+        for side, row in report["by_short_side"].items():
+            print(f"short side {side}: " + "  ".join(
+                f"{n} crop set {row[n]['crop_set_ms']:.1f} ms / backbone {row[n]['backbone_ms']:.1f} ms "
+                f"({row[n]['crop_set_over_backbone']:.2f}x)" for n in BACKBONES)
+                  + f"  Lite0/MobileNetV2 crop set {row['lite0_over_mobilenet_v2_crop_set']:.2f}x")
+        return 0
     data = None if args.skip_quality and args.data is None else demo_population(args.data)
     default_path, fast_path = args.default_model, args.fast_model
     if not args.skip_quality:

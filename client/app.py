@@ -45,7 +45,7 @@ def received_arrays(message: Message) -> dict[str, np.ndarray]:
 def build_model(config: Config, arrays: Mapping[str, np.ndarray], settings: NodeSettings) -> CropScorer:
     """The server's model: its architecture from the config, its SHARED weights from the message."""
     model_config = from_dict(ModelConfig, {**vars(config.model), "backbone_weights": None}, "model")
-    model = CropScorer(model_config)
+    model = CropScorer(model_config, load_pretrained=False)  # the message carries every SHARED weight
     load_shared(model, from_numpy(arrays))
     return model.to(settings.device).eval()
 

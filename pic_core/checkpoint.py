@@ -17,6 +17,7 @@ import torch
 
 from . import __version__
 from .atomic import atomic_open
+from .backbone import BACKBONES, LEGACY_BACKBONE
 from .config import ConfigError, ModelConfig, from_dict, to_dict
 from .model import CropScorer
 from .params import load_personal, load_shared, personal_state, shared_state
@@ -90,12 +91,17 @@ def save_model(path: PathLike, model: CropScorer, run_config: Optional[dict] = N
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[CropScorer, dict]:
     """(model in eval mode, metadata) from a model file. Backbone weights are in the file."""
     payload = read_payload(path, MODEL_FORMAT)
+    stored = payload.get("model_config")
+    if isinstance(stored, dict) and "backbone" not in stored:
+        stored = {**stored, "backbone": LEGACY_BACKBONE}  # written before Lite0: always MobileNetV2
     try:
-        config = from_dict(ModelConfig, payload["model_config"], "model_config")
+        config = from_dict(ModelConfig, stored, "model_config")
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    if config.backbone not in BACKBONES:
+        raise CheckpointError(f"{path}: model_config.backbone {config.backbone!r} is not one of {', '.join(BACKBONES)}")
     config.backbone_weights = None  # the trained weights are in this file
-    model = CropScorer(config)
+    model = CropScorer(config, load_pretrained=False)
     try:
         load_shared(model, payload["state_dict"])
     except (KeyError, ValueError) as exc:

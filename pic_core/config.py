@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    width: float = 1.0  # MobileNetV2 width multiplier
+    backbone: str = "efficientnet_lite0"  # efficientnet_lite0 | mobilenet_v2 (docs/models.md)
+    pretrained: bool = True  # start from ImageNet weights (Lite0: its pip package; MobileNetV2: backbone_weights)
+    width: float = 1.0  # backbone width multiplier (Lite0's ImageNet weights need 1.0)
     channels: int = 8  # C: channels of the fused stride-16 map
     align_size: int = 9  # A: RoI/RoD output size
     short_side: int = 256  # network input: short side, before rounding to a multiple of 32
@@ -39,7 +41,8 @@ class ModelConfig:
     candidates: str = "grid"  # what `crop` scores without --aspect: grid (GAIC anchors) | free (pic_core/candidates.py)
     personal_head: bool = False  # a small per-user linear head over g, kept on the device
     personal_offsets: bool = True  # per-user offsets on the crop head's weights (fast path), kept on the device
-    backbone_weights: Optional[str] = None  # local torchvision MobileNetV2 state_dict; never downloaded
+    backbone_weights: Optional[str] = None  # local ImageNet weights file (MobileNetV2: torchvision or GAIC/PIC
+    # layout; Lite0: the package's layout, default the package's file); never downloaded
 
 
 @dataclass
@@ -135,6 +138,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "kru
 
 _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
+    "model.backbone": ("efficientnet_lite0", "mobilenet_v2"),
     "prior.schedule": ("interleaved", "sequential"),
     "model.candidates": ("grid", "free"),
     "prior.method": ("joint", "episodic"),

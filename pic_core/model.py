@@ -128,11 +128,13 @@ class PersonalState(nn.Module):
 
 
 class CropScorer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, load_pretrained: bool = True):
+        """load_pretrained=False skips the ImageNet weights (the caller loads trained weights next)."""
         super().__init__()
         self.config = config
         c, a, e = config.channels, config.align_size, config.embed_dim
-        self.backbone = MultiScaleBackbone(config.width, c, config.backbone_weights)
+        self.backbone = MultiScaleBackbone(config.width, c, config.backbone_weights, kind=config.backbone,
+                                           pretrained=config.pretrained and load_pretrained)
         self.attention = DualAttention(sum(self.backbone.tap_channels), config.context_dim)
         self.objective_trunk = nn.Sequential(
             nn.Conv2d(2 * c, config.hidden, kernel_size=a), nn.BatchNorm2d(config.hidden), nn.ReLU(inplace=True),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FAST_MODEL = {"width": 0.35, "short_side": 160, "hidden": 256}
+FAST_MODEL = {"backbone": "mobilenet_v2", "width": 0.35, "short_side": 160, "hidden": 256}
 """What the shipped `fast` config sets (the `fast` profile warns when a model differs)."""
 
 

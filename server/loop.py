@@ -57,7 +57,9 @@ def initial_model(settings: ServerSettings) -> CropScorer:
         model, _ = load_model(settings.init_model)
         return model
     set_seed(settings.config.seed)
-    if settings.config.federation.freeze_backbone:
+    model = settings.config.model
+    imagenet = model.pretrained and (model.backbone == "efficientnet_lite0" or model.backbone_weights)
+    if settings.config.federation.freeze_backbone and not imagenet:
         log.warning("freeze_backbone without an --init model: the backbone stays at its random weights")
     return CropScorer(settings.config.model).eval()
 

@@ -150,7 +150,7 @@ def evaluate_local_only(users: Sequence[UserData], config: Config, shots: int, c
                         device: Optional[torch.device] = None) -> PopulationResult:
     """Method `local`: each user's own from-scratch model, scored on their test images."""
     settings = settings or LocalOnlySettings()
-    reference = CropScorer(config.model)  # only carries the config into evaluate_users
+    reference = CropScorer(config.model, load_pretrained=False)  # only carries the config into evaluate_users
     return evaluate_users(reference, users, config, shots, method="local", cache=cache, device=device,
                           model_for_user=lambda u: train_local_only(u, shots, config, settings, cache, device))
 

@@ -7,7 +7,7 @@ from pic_core.config import ModelConfig
 from pic_core.model import CropScorer
 from pic_core.params import load_shared, shared_state
 
-TINY = ModelConfig(width=0.35, channels=4, align_size=5, short_side=64, hidden=16, feature_dim=8, embed_dim=4,
+TINY = ModelConfig(backbone="mobilenet_v2", width=0.35, channels=4, align_size=5, short_side=64, hidden=16, feature_dim=8, embed_dim=4,
                    context_dim=8, dropout=0.0)
 
 

@@ -1,4 +1,7 @@
 """The scoring copy (folded BatchNorms, patch convolution as a matmul) scores like the model."""
+import dataclasses
+
+import pytest
 import torch
 from torch import nn
 
@@ -18,9 +21,11 @@ def _trained_statistics(model: CropScorer) -> CropScorer:
     return model.eval()
 
 
-def test_scoring_copy_matches_the_model_and_leaves_it_untouched(tiny_config):
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_lite0"])
+def test_scoring_copy_matches_the_model_and_leaves_it_untouched(tiny_config, backbone):
     torch.manual_seed(0)
-    model = _trained_statistics(CropScorer(tiny_config.model))
+    config = dataclasses.replace(tiny_config.model, backbone=backbone, pretrained=False)
+    model = _trained_statistics(CropScorer(config))
     with torch.no_grad():
         model.personal.delta.normal_()
         for offset in model.personal.offset_parameters():  # a user's crop-head offsets, as after the fast path

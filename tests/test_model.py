@@ -10,7 +10,7 @@ from pic_core.params import (is_personal, load_personal, load_shared, personal_k
                              shared_state)
 from pic_core.samples import boxes_with_batch
 
-TINY = ModelConfig(width=0.35, channels=4, align_size=5, short_side=64, hidden=16, feature_dim=8, embed_dim=4,
+TINY = ModelConfig(backbone="mobilenet_v2", width=0.35, channels=4, align_size=5, short_side=64, hidden=16, feature_dim=8, embed_dim=4,
                    context_dim=8, dropout=0.0)
 
 

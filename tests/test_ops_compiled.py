@@ -202,7 +202,7 @@ def test_model_scoring_runs_the_compiled_op(one_thread) -> None:
     from pic_core.config import ModelConfig
     from pic_core.model import CropScorer
 
-    model = CropScorer(ModelConfig(width=0.25, channels=4, hidden=16, feature_dim=8, embed_dim=4, context_dim=8))
+    model = CropScorer(ModelConfig(backbone="mobilenet_v2", width=0.25, channels=4, hidden=16, feature_dim=8, embed_dim=4, context_dim=8))
     images = torch.randn(1, 3, 64, 64)
     boxes = torch.tensor([[0, 0, 0, 64, 48.0], [0, 20, 10, 60, 60]])
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:

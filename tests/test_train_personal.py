@@ -12,7 +12,7 @@ from pic_core.params import shared_state
 from pic_core.samples import Sample, boxes_with_batch
 from pic_core.train import cached_head_inputs, finetune, train_personal
 
-TINY = ModelConfig(width=0.35, channels=4, align_size=5, short_side=64, hidden=16, feature_dim=8, embed_dim=4,
+TINY = ModelConfig(backbone="mobilenet_v2", width=0.35, channels=4, align_size=5, short_side=64, hidden=16, feature_dim=8, embed_dim=4,
                    context_dim=8, dropout=0.0)
 
 
