@@ -30,6 +30,7 @@ from pic_core.exchange import ARRAYS, CONFIG, FEDPIC_CONFIG, METRICS, NUM_EXAMPL
     encoding_for, payload_bytes, upload_keys
 from pic_core.model import CropScorer
 from pic_core.params import from_numpy, load_shared, shared_state, to_numpy
+from pic_core.privacy import privacy_spent
 from pic_core.runtime import set_seed
 
 from .checkpoint import CHECKPOINT_FILE, ServerState, load_server_state, save_server_state
@@ -203,7 +204,17 @@ class Federation:
             "upload_bytes_max": int(max(uploads)) if uploads else None,
             "download_bytes": payload_bytes(received),
             "update_norm_median": float(np.median(screening.norms)) if screening.norms else None,
+            **self._privacy(server_round),
         }
+
+    def _privacy(self, server_round: int) -> dict:
+        """DP runs: ε spent after rounds 1..server_round at δ = 1/devices (pic_core/privacy.py)."""
+        spent = privacy_spent(self.fed.dp_clipping_norm, self.fed.dp_noise_multiplier, self.plan.train_devices,
+                              self.plan.population, server_round)
+        if spent is None:
+            return {}
+        log.info("round %d: DP-FedAvg has spent epsilon %.3f at delta %.2g", server_round, spent.epsilon, spent.delta)
+        return {"dp_epsilon": spent.epsilon, "dp_delta": spent.delta}
 
     def _record(self, server_round: int, fields: dict) -> dict:
         return {"round": server_round, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "strategy": self.fed.strategy,

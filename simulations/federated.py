@@ -36,6 +36,7 @@ from pic_core.checkpoint import load_model, save_model
 from pic_core.config import Config, ConfigError, to_dict
 from pic_core.data import DataError
 from pic_core.data.dataset import Dataset
+from pic_core.privacy import privacy_spent
 from pic_core.protocol import PopulationResult, evaluate_users
 from pic_core.samples import SampleCache
 from pic_core.runtime import configure_runtime
@@ -242,6 +243,17 @@ def communication_summary(rounds: Sequence[dict]) -> dict:
                                                     None)}
 
 
+def privacy_summary(config: Config, rounds: Sequence[dict]) -> Optional[dict]:
+    """ε at δ = 1/devices that the DP-FedAvg rounds spent (pic_core/privacy.py); None without DP."""
+    fed = config.federation
+    trained = [r for r in rounds if int(r.get("round", 0)) > 0 and r.get("sampled")]
+    if fed.dp_clipping_norm is None or not trained:
+        return None
+    spent = privacy_spent(fed.dp_clipping_norm, fed.dp_noise_multiplier, max(int(r["sampled"]) for r in trained),
+                          int(trained[0]["population"]), len(trained))
+    return spent.as_dict() if spent else None
+
+
 def write_results(plan: SimulationPlan, timing: dict, results: Sequence[PopulationResult]) -> Path:
     """results.json in the "fedpic-results" format (docs/formats.md) with the federated run's facts."""
     rounds = read_rounds(plan.out_dir / LOG_FILE)
@@ -251,6 +263,7 @@ def write_results(plan: SimulationPlan, timing: dict, results: Sequence[Populati
         "rounds_completed": max((int(r["round"]) for r in rounds), default=0),
         "strategy": plan.config.federation.strategy, "timing": timing,
         "communication": communication_summary(rounds),
+        "privacy": privacy_summary(plan.config, rounds),
         "files": {"model": MODEL_FILE, "rounds_log": LOG_FILE, "checkpoint": CHECKPOINT_FILE,
                   "init_model": str(plan.init_model) if plan.init_model else None},
     }

@@ -226,6 +226,20 @@ def population_section(population: Optional[dict]) -> list[str]:
     return lines + [""]
 
 
+def privacy_section(run: RunContents) -> list[str]:
+    """ε of every DP run found (results.json "privacy", written by simulations/federated.py)."""
+    rows = [(rel, p["privacy"]) for rel, p in run.payloads.items() if isinstance(p.get("privacy"), dict)]
+    if not rows:
+        return []
+    lines = ["## Privacy (DP-FedAvg)", "", "| results | ε | δ | noise multiplier | q = sampled/devices | rounds | "
+             "clipping norm |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for rel, p in rows:
+        lines.append(f"| `{rel}` | {p['epsilon']:.2f} | {p['delta']:.3g} | {p['noise_multiplier']:g} | "
+                     f"{p['sampling_rate']:.3f} | {p['rounds']} | {p['clipping_norm']:g} |")
+    accountant = rows[0][1].get("accountant", "?")
+    return lines + ["", f"User-level (ε, δ) from {accountant} sampling at rate q (docs/privacy.md).", ""]
+
+
 # ---------------------------------------------------------------- plots
 
 def plot_gain_histograms(run: RunContents, path: Path, key: str = GAIN_KEY) -> Optional[Path]:
@@ -428,6 +442,7 @@ def build_report(run_dir: Path) -> Path:
                             ("Per-user gain", plot_gain_histograms(run, figures / "gain_histogram.png"))):
             if path:
                 lines += [f"### {title}", "", f"![{title}]({path.relative_to(run.run_dir)})", ""]
+    lines += privacy_section(run)
     for rel, records in run.rounds.items():
         name = rel.replace("/", "_").removesuffix(".jsonl")
         path = plot_learning_curves(records, figures / f"learning_curves_{name}.png", rel)

@@ -23,8 +23,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         overrides.append(f"federation.ray_address={args.ray_address}")
     args.overrides = overrides
     plan = make_plan(config_from_args(args), args.data, args.out, args.init, args.resume)
-    run(plan, evaluate=not args.skip_eval)
+    results = run(plan, evaluate=not args.skip_eval)
+    _print_privacy(results)
     return 0
+
+
+def _print_privacy(results: Path) -> None:
+    """ε of a DP run on stdout: a DP result without its ε is not a statement."""
+    import json
+
+    spent = (json.loads(results.read_text()).get("privacy") if results.exists() else None) or None
+    if spent:
+        print(f"DP-FedAvg: epsilon {spent['epsilon']:.3f} at delta {spent['delta']:.3g} (noise multiplier "
+              f"{spent['noise_multiplier']:g}, q {spent['sampling_rate']:.3f}, {spent['rounds']} rounds)")
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
