@@ -231,8 +231,8 @@ def privacy_section(run: RunContents) -> list[str]:
     rows = [(rel, p["privacy"]) for rel, p in run.payloads.items() if isinstance(p.get("privacy"), dict)]
     if not rows:
         return []
-    lines = ["## Privacy (DP-FedAvg)", "", "| results | ε | δ | noise multiplier | q = sampled/devices | rounds | "
-             "clipping norm |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    header = "| results | ε | δ | noise multiplier | q = sampled/devices | rounds | clipping norm |"
+    lines = ["## Privacy (DP-FedAvg)", "", header, "| --- | --- | --- | --- | --- | --- | --- |"]
     for rel, p in rows:
         lines.append(f"| `{rel}` | {p['epsilon']:.2f} | {p['delta']:.3g} | {p['noise_multiplier']:g} | "
                      f"{p['sampling_rate']:.3f} | {p['rounds']} | {p['clipping_norm']:g} |")
