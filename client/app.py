@@ -28,6 +28,7 @@ from pic_core.params import from_numpy, load_shared
 
 from .local import configure_torch, evaluate_round, refit_round, train_round
 from .privacy import optional_clipping_mod
+from .secagg import optional_secagg_mod
 from .settings import NodeSettings, node_settings
 
 
@@ -95,10 +96,11 @@ def handle_refit(message: Message, context: Context, bound: Mapping[str, Any]) -
 def make_client_app(bound: Optional[Mapping[str, Any]] = None, mods: Optional[Sequence[Mod]] = None) -> ClientApp:
     """A ClientApp whose run config is `bound` on top of Flower's (data-dir, state-dir, device...).
 
-    The innermost mod is always optional_clipping_mod: DP clipping when the server sends a norm.
+    The innermost mod is always optional_clipping_mod: DP clipping when the server sends a norm; the
+    outermost optional_secagg_mod runs SecAgg+ when the server does (client/secagg.py).
     """
     bound = dict(bound or {})
-    client_app = ClientApp(mods=[*(mods or []), optional_clipping_mod])
+    client_app = ClientApp(mods=[*(mods or []), optional_secagg_mod, optional_clipping_mod])
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:

@@ -114,6 +114,7 @@ class FederationConfig:
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     dp_clipping_norm: Optional[float] = None  # > 0: Flower's client-side fixed-clipping DP (needs fp16 and
     dp_noise_multiplier: float = 0.0  # freeze_backbone off: the clipping mod sees full weights of every key)
+    secure_aggregation: bool = False  # Flower's SecAgg+: the server sees only the masked sum (fedavg, no DP)
     population: Optional[int] = None  # simulation: use the first N users of the dataset (default all)
     cpus_per_device: float = 1.0  # simulation: Ray CPUs per device (devices running at once = cores / this)
     threads_per_device: int = 1  # torch threads inside each simulated device

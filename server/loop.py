@@ -36,6 +36,7 @@ from pic_core.runtime import set_seed
 from .checkpoint import CHECKPOINT_FILE, ServerState, load_server_state, save_server_state
 from .round_log import LOG_FILE, RoundLog
 from .screening import screen_replies
+from .secagg import secure_round
 from .strategy import Sampling, build_strategy, restore_strategy_state, sampling, strategy_state
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,28 @@ class Federation:
     def _array_record(self) -> ArrayRecord:
         return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in self.arrays.items()})
 
+    def secure_train(self, server_round: int) -> dict:
+        """One training round through SecAgg+ (server/secagg.py): only the masked sum is seen,
+        so there is no per-update screening and no per-device upload size."""
+        start = time.perf_counter()
+        random.seed(self.config.seed * 1_000_003 + server_round)
+        received = self.arrays
+        floats = [k for k in sorted(self.uploaded) if np.issubdtype(np.asarray(received[k]).dtype, np.floating)]
+        mean = secure_round(self.grid, server_round, received, floats, self.config_json, self.fed,
+                            self.plan.train_devices, self.plan.population)
+        if mean is None:
+            log.warning("round %d: SecAgg+ halted (too few devices); the model is unchanged", server_round)
+        else:
+            self.arrays = {k: (np.asarray(v + mean[k], dtype=np.asarray(v).dtype) if k in mean else v)
+                           for k, v in received.items()}
+        return {"sampled": self.plan.train_devices, "secure_aggregation": True, "aggregated": mean is not None,
+                "train": {}, "train_seconds": time.perf_counter() - start,
+                "download_bytes": payload_bytes(received)}
+
     def train(self, server_round: int) -> dict:
         """One training round; returns its log fields."""
+        if self.fed.secure_aggregation:
+            return self.secure_train(server_round)
         start = time.perf_counter()
         random.seed(self.config.seed * 1_000_003 + server_round)  # Flower samples devices with `random`
         messages = list(self.strategy.configure_train(server_round, self._array_record(), self._config_record(),
@@ -262,8 +283,8 @@ class Federation:
             self.save(server_round)
             last = server_round
             loss = fields["train"].get("loss-shared")
-            log.info("round %d/%d: %d/%d updates accepted, train loss %s", server_round, self.fed.rounds,
-                     fields["accepted"], fields["sampled"], "n/a" if loss is None else f"{loss:.4f}")
+            log.info("round %d/%d: %s/%d updates accepted, train loss %s", server_round, self.fed.rounds,
+                     fields.get("accepted", "masked"), fields["sampled"], "n/a" if loss is None else f"{loss:.4f}")
             bar.update()
         return last
 

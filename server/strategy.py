@@ -115,6 +115,9 @@ def with_privacy(strategy: Strategy, fed: FederationConfig, plan: Sampling) -> S
     sampled devices to the aggregate. The mod compares full weights key by key with what the
     device received, so the fp16 delta encoding and the frozen-backbone subset are refused.
     """
+    if fed.secure_aggregation and (fed.strategy != "fedavg" or fed.dp_clipping_norm is not None):
+        raise ConfigError("federation.secure_aggregation: runs with strategy fedavg and without DP only "
+                          "(SecAgg+ drives Flower's legacy FedAvg; docs/privacy.md)")
     if fed.dp_clipping_norm is None:
         return strategy
     if not fed.dp_clipping_norm > 0 or fed.dp_noise_multiplier < 0:
