@@ -21,6 +21,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         overrides.append(f"federation.population={args.population}")
     if args.ray_address is not None:
         overrides.append(f"federation.ray_address={args.ray_address}")
+    if args.secure_aggregation:
+        overrides.append("federation.secure_aggregation=true")
     args.overrides = overrides
     plan = make_plan(config_from_args(args), args.data, args.out, args.init, args.resume)
     results = run(plan, evaluate=not args.skip_eval)
@@ -78,6 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, help="override federation.rounds")
     p.add_argument("--population", type=int, help="override federation.population (first N users take part)")
     p.add_argument("--skip-eval", action="store_true", help="no population evaluation after training")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="Flower's SecAgg+: the server sees only the masked sum (federation.secure_aggregation)")
     p.add_argument("--ray-address", metavar="HOST:PORT",
                    help="run the simulated devices on this existing Ray cluster (the head's address from "
                         "`ray start --head`; default: a fresh local Ray on this machine)")
