@@ -110,6 +110,7 @@ class FederationConfig:
     cpus_per_device: float = 1.0  # simulation: Ray CPUs per device (devices running at once = cores / this)
     threads_per_device: int = 1  # torch threads inside each simulated device
     ray_address: Optional[str] = None  # simulation: HOST:PORT of an existing Ray cluster (None: a fresh local Ray)
+    device_pool: Union[bool, str] = "auto"  # simulation: a few nodes play the sampled users (auto: > 2,000 users)
 
 
 @dataclass
@@ -132,6 +133,7 @@ _CHOICES = {
     "prior.schedule": ("interleaved", "sequential"),
     "finetune.mode": ("fast", "full"),
     "federation.strategy": STRATEGIES,
+    "federation.device_pool": (True, False, "auto"),
 }
 
 
@@ -208,7 +210,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         kwargs[key] = _coerce(value, hints[key], dotted)
         choices = _CHOICES.get(dotted.split(":", 1)[-1])
         if choices and kwargs[key] not in choices:
-            raise ConfigError(f"{dotted}: must be one of {', '.join(choices)}, got {kwargs[key]!r}")
+            raise ConfigError(f"{dotted}: must be one of {', '.join(str(c).lower() for c in choices)}, got {kwargs[key]!r}")
     return cls(**kwargs)
 
 

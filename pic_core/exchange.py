@@ -31,6 +31,8 @@ NUM_EXAMPLES = "num-examples"
 """Aggregation weight in every device reply: images the device trained or evaluated on."""
 FEDPIC_CONFIG = "fedpic-config"
 """ConfigRecord key: the run's fedpic Config as JSON (stage settings, federation section)."""
+POOL_PARTITION = "pool-partition-id"
+"""ConfigRecord key (device-pool simulation only): the population index of the user a pool node plays."""
 ENCODINGS = ("weights", "delta16")
 
 
