@@ -16,8 +16,10 @@ Scale: 1,000 and 10,000 simulated devices (one shared 3-photo pool, a score file
 20 sampled per round, 3 rounds; seconds per round, disk per device and the peak memory of the
 whole process tree (this process, Ray's daemons and workers: summed RSS, and PSS where the
 kernel reports it); targets: peak <= 6 GB, the 10,000-device round within 20% of the 1,000-device
-round; plus a linear estimate for 1 M devices. Only the scale part:
-    python benchmarks/fed.py --skip-quality [--scale-devices 1000 10000]
+round; plus a linear estimate for 1 M devices. The scale runs use the device pool
+(federation.device_pool: 20 Flower nodes play the sampled users; `--scale-device-pool false`:
+one node per device, whose round time grows with the population). Only the scale part:
+    python benchmarks/fed.py --skip-quality [--scale-devices 1000 10000] [--scale-device-pool true]
 
     python benchmarks/fed.py [--config demo] [--work runs/bench/fed]
                              [--out runs/bench/fed.json] [--skip-quality] [--skip-scale]
@@ -38,7 +40,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Self
+from typing import Optional, Self, Union
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -227,14 +229,17 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
-def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int, pre: Optional[Path]) -> dict:
+def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int, pre: Optional[Path],
+          device_pool: Union[bool, str] = True) -> dict:
     """Many devices, few sampled: does a round stay cheap and memory bounded? The population shares
-    one 3-photo pool (`fedpic synth --shared-images`), so its disk grows only by each user's score file."""
+    one 3-photo pool (`fedpic synth --shared-images`), so its disk grows only by each user's score file.
+    `device_pool`: federation.device_pool (true: `per_round` Flower nodes play the sampled users)."""
     data = dataset(work / f"data{devices}", PopulationSpec(users=devices, prior=3, train=0, test=0, seed=0,
                                                            probe=0, shared=True))
     config = copy.deepcopy(config)
     fed = config.federation
     fed.rounds, fed.devices_per_round, fed.eval_every, fed.population = rounds, per_round, 0, None
+    fed.device_pool = device_pool
     out = work / f"scale{devices}"
     shutil.rmtree(out, ignore_errors=True)
     if pre is None:
@@ -246,6 +251,8 @@ def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int,
     trained = [d for d in (out / "devices").iterdir() if d.is_dir()] if (out / "devices").is_dir() else []
     return {
         "devices": devices, "devices_per_round": per_round, "rounds": len(records),
+        "device_pool": bool(records and records[0].get("device_pool")),
+        "flower_nodes": per_round if records and records[0].get("device_pool") else devices,
         "round_seconds": [round(r["train_seconds"], 2) for r in records],
         "mean_round_seconds": sum(r["train_seconds"] for r in records) / max(len(records), 1),
         "median_round_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,
@@ -265,8 +272,9 @@ def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int,
 
 def scale_summary(runs: list[dict], target_devices: int = 1_000_000) -> dict:
     """Largest against smallest population: round time ratio (target within 20%) and a linear
-    estimate of memory, round time and disk for `target_devices` (what grows per device is only
-    Flower's node bookkeeping and each device's score file; the sampled work per round is fixed)."""
+    estimate of memory, round time and disk for `target_devices` (what grows per device is each
+    device's score file, and without the device pool Flower's per-node polling; the sampled work per
+    round is fixed)."""
     runs = sorted(runs, key=lambda r: r["devices"])
     small, large = runs[0], runs[-1]
     memory = lambda r: r["peak_pss_gb"] or r["peak_rss_gb"]  # noqa: E731
@@ -304,6 +312,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="populations to run (default 1000 10000)")
     parser.add_argument("--scale-per-round", type=int, default=20)
     parser.add_argument("--scale-rounds", type=int, default=3)
+    parser.add_argument("--scale-device-pool", choices=("true", "false", "auto"), default="true",
+                        help="federation.device_pool of the scale runs (default true: devices-per-round nodes)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set threads=1 (repeatable)")
     args = parser.parse_args(argv)
@@ -320,7 +330,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if not args.skip_scale:
         pre = args.work / PRE_MODEL if (args.work / PRE_MODEL).is_file() else None
-        runs = [scale(config, args.work, n, args.scale_per_round, args.scale_rounds, pre) for n in args.scale_devices]
+        pool = {"true": True, "false": False}.get(args.scale_device_pool, "auto")
+        runs = [scale(config, args.work, n, args.scale_per_round, args.scale_rounds, pre, pool)
+                for n in args.scale_devices]
         report["scale"] = {"runs": runs, **scale_summary(runs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
