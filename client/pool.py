@@ -14,14 +14,17 @@ it only ever trains its own user.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from flwr.app import Context, Message
 
 from pic_core.exchange import CONFIG, POOL_PARTITION
 
-from .settings import PARTITION_ID, NodeConfigError, simulated_user
+from pic_core.data.dataset import Dataset
+
+from .settings import PARTITION_ID, NodeConfigError
 
 POOL = "pool"
 POOL_POPULATION = "pool-population"
@@ -31,6 +34,28 @@ POOL_NODE_KEYS = (POOL, POOL_POPULATION, "data-dir", "state-dir")
 
 class PoolRefused(NodeConfigError):
     """A message chose the user on a device whose own node config does not enable the pool."""
+
+
+@lru_cache(maxsize=4)
+def _population(users_dir: Path, modified_ns: int, population: Optional[int]) -> tuple[str, ...]:
+    users = Dataset(users_dir.parent).user_ids
+    return tuple(users[:population] if population else users)
+
+
+def pool_user(data_dir: Path, index: int, population: Optional[int]) -> str:
+    """The index-th user of the population (sorted user ids, the first `population`), like a
+    partition-id. The listing is kept per process while users/ is unchanged: a pool node plays
+    many users, and listing 10,000 score files per message costs a tenth of a second."""
+    users_dir = Path(data_dir) / "users"
+    try:
+        modified = users_dir.stat().st_mtime_ns
+    except OSError:
+        raise NodeConfigError(f"{data_dir}: no users/ folder for the device pool") from None
+    users = _population(users_dir, modified, population)
+    if not 0 <= index < len(users):
+        raise NodeConfigError(f"{POOL_PARTITION} {index}: the device pool's population in {data_dir} has "
+                              f"{len(users)} users")
+    return users[index]
 
 
 def pool_enabled(node_config: Mapping[str, Any]) -> bool:
@@ -62,7 +87,7 @@ def pool_node_config(message: Message, node_config: Mapping[str, Any]) -> dict[s
     if not data_dir or not node_config.get("state-dir"):
         raise NodeConfigError("device-pool node: its node config needs data-dir and state-dir")
     population = int(node_config.get(POOL_POPULATION) or 0)
-    user_id = simulated_user(Path(str(data_dir)), requested, population or None)
+    user_id = pool_user(Path(str(data_dir)), requested, population or None)
     resolved = {k: v for k, v in node_config.items() if k not in (PARTITION_ID, POOL, POOL_POPULATION)}
     resolved["user-id"] = user_id
     return resolved

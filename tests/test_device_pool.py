@@ -85,7 +85,7 @@ def test_a_pool_node_plays_the_named_user_with_that_users_own_state(toy_dataset,
     assert states[users[1]]["user_id"] == users[1] and states[users[1]]["extra"]["rounds"] == [1, 3]
     assert states[users[0]]["extra"]["rounds"] == [2]
     # outside the node's population (users[2] is held out) and without an assignment: refused
-    with pytest.raises(NodeConfigError, match="partition-id 2"):
+    with pytest.raises(NodeConfigError, match="pool-partition-id 2: .* has 2 users"):
         pool_node_config(_naming(server_message(tiny_config, model), 2), {**node})
     with pytest.raises(NodeConfigError, match="names no user"):
         pool_node_config(server_message(tiny_config, model), {**node})
