@@ -93,6 +93,12 @@ def _check_resumable(state: ServerState, config: Config, path: Path) -> None:
                               f"{config.federation.strategy!r}")
 
 
+def _valid_variances(arrays: dict[str, np.ndarray], floor: float = 1e-3) -> dict[str, np.ndarray]:
+    """BatchNorm running variances at least `floor`: DP noise on the aggregate (Flower's wrapper noises
+    every key) makes some negative, and the model NaN. Post-processing: the DP guarantee is unchanged."""
+    return {k: (np.maximum(v, floor).astype(v.dtype) if k.endswith("running_var") else v) for k, v in arrays.items()}
+
+
 def _evaluation_due(config: Config, server_round: int) -> bool:
     every = config.federation.eval_every
     return every > 0 and (server_round % every == 0 or server_round == config.federation.rounds)
@@ -221,7 +227,7 @@ class Federation:
         if len(screening.accepted) >= max(1, self.fed.min_replies):
             new_arrays, metrics = self.strategy.aggregate_train(server_round, screening.accepted)
             if new_arrays is not None:
-                merged = conform({k: a.numpy() for k, a in new_arrays.items()}, self.reference)
+                merged = _valid_variances(conform({k: a.numpy() for k, a in new_arrays.items()}, self.reference))
                 # keys no device sends (a frozen backbone) stay bit-identical: averaging equal arrays
                 # is not exact in floating point, and devices key their cached taps on these bits
                 self.arrays = {k: merged[k] if k in self.uploaded else received[k] for k in received}

@@ -56,3 +56,14 @@ def test_results_and_report_state_epsilon_for_a_dp_run(tiny_config, tmp_path):
     report = build_report(tmp_path).read_text()
     assert "## Privacy (DP-FedAvg)" in report
     assert f"| {summary['epsilon']:.2f} | 0.1 | 1.5 | 0.400 | 3 | 0.5 |" in report
+
+
+def test_noised_batchnorm_variances_are_floored_and_other_keys_untouched():
+    import numpy as np
+
+    from server.loop import _valid_variances
+
+    arrays = {"bn.running_var": np.array([-0.3, 0.5], np.float32), "conv.weight": np.array([-0.3], np.float32)}
+    out = _valid_variances(arrays)
+    assert out["bn.running_var"].tolist() == pytest.approx([1e-3, 0.5])
+    assert out["conv.weight"].tolist() == pytest.approx([-0.3]) and out["bn.running_var"].dtype == np.float32
