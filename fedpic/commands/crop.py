@@ -50,7 +50,8 @@ def _cmd_crop(args: argparse.Namespace) -> int:
     if not inputs.photos:
         raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in "
                         f"{', '.join(map(str, args.images))} ({inputs.skipped} other files skipped)")
-    cropper = Cropper.load(args.model, args.user_state, str(device), profile=args.profile)
+    cropper = Cropper.load(args.model, args.user_state, str(device), profile=args.profile,
+                           allow_compiled=args.allow_compiled)
     if args.subjects != "auto":  # else the profile's choice: faces (default) or saliency only (fast)
         cropper.keep_subjects = args.subjects != "off"
         cropper.detect_faces = args.subjects == "faces"
@@ -118,7 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("crop", help="best crops of photos (files or folders) for a user")
     p.add_argument("images", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     p.add_argument("--model", type=Path, required=True,
-                   help="model file, or an exported program from `fedpic export` (detected)")
+                   help="model file, or a .pt2 program from `fedpic export` (needs --allow-compiled)")
+    p.add_argument("--allow-compiled", action="store_true",
+                   help="allow a .pt2 program as --model: it can run native code, so only one you trust")
     p.add_argument("--user-state", type=Path, help="user state (default: the generic model)")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES),
                    help="runtime preset; `fast` is for a model trained with `--config fast`")

@@ -1,0 +1,103 @@
+"""Attacks and faults closed (issue 14 part 4): each test fails on the code before its fix."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fedpic.cli import main
+from pic_core.checkpoint import CheckpointError, load_model, load_user_state, save_model, save_user_state
+from pic_core.cropper import Cropper
+
+TINY = "tiny"
+
+
+@pytest.fixture(scope="module")
+def program(tiny_model_file, tmp_path_factory) -> Path:
+    from pic_core.export import export_model
+
+    model, _ = load_model(tiny_model_file)
+    out = tmp_path_factory.mktemp("program") / "p.pt2"
+    export_model(model, out, personal=False, check=False)
+    return out
+
+
+@pytest.fixture()
+def photo(tmp_path) -> Path:
+    cv2.imwrite(str(tmp_path / "a.png"), np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    return tmp_path / "a.png"
+
+
+# -- 1. compiled programs only from a named .pt2 with --allow-compiled --
+
+def test_a_pt_file_holding_a_program_is_refused_not_run(program, photo, tmp_path, capsys):
+    disguised = tmp_path / "model.pt"
+    shutil.copy(program, disguised)
+    with pytest.raises(CheckpointError, match="compiled program"):
+        Cropper.load(disguised, device="cpu", allow_compiled=True)  # the flag does not make a .pt a program
+    assert main(["crop", str(photo), "--model", str(disguised), "--out", str(tmp_path / "o"), "--config", TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.pt" in err[0] and "compiled program" in err[0]
+
+
+def test_a_pt2_program_needs_the_opt_in_flag(program, photo, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["crop", str(photo), "--model", str(program), "--out", str(out), "--config", TINY]) == 2
+    assert "--allow-compiled" in capsys.readouterr().err
+    assert not (out / "crops.jsonl").exists()
+    assert main(["crop", str(photo), "--model", str(program), "--allow-compiled", "--out", str(out),
+                 "--config", TINY, "--quiet", "--no-crops"]) == 0
+    assert (out / "crops.jsonl").is_file()
+
+
+# -- 4. model / state files: non-finite values, wrong fingerprint, another model --
+
+def _poisoned_copy(src: Path, dst: Path, key: str, edit) -> Path:
+    payload = torch.load(src, weights_only=True)
+    edit(payload[key])
+    torch.save(payload, dst)
+    return dst
+
+
+def test_a_model_file_with_nan_weights_or_a_wrong_fingerprint_is_exit_2(tiny_model_file, photo, tmp_path, capsys):
+    def nan_first(state):
+        name = next(k for k, v in state.items() if v.is_floating_point())
+        state[name] = torch.full_like(state[name], float("nan"))
+
+    nan = _poisoned_copy(tiny_model_file, tmp_path / "nan.pt", "state_dict", nan_first)
+    with pytest.raises(CheckpointError, match="non-finite"):
+        load_model(nan)
+    assert main(["crop", str(photo), "--model", str(nan), "--out", str(tmp_path / "o"), "--config", TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nan.pt" in err[0]
+
+    def shift_first(state):
+        name = next(k for k, v in state.items() if v.is_floating_point())
+        state[name] = state[name] + 0.5  # finite, but not the weights the fingerprint names
+
+    altered = _poisoned_copy(tiny_model_file, tmp_path / "altered.pt", "state_dict", shift_first)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        load_model(altered)
+
+
+def test_a_state_with_nan_or_fitted_on_another_model_is_an_error(tiny_model_file, photo, tmp_path, capsys):
+    model, _ = load_model(tiny_model_file)
+    good = save_user_state(tmp_path / "u.pt", model, "u")
+    nan = _poisoned_copy(good, tmp_path / "nan_state.pt", "personal",
+                         lambda p: p.update({"personal.delta": torch.full_like(p["personal.delta"], float("nan"))}))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        load_user_state(nan, model)
+    assert main(["crop", str(photo), "--model", str(tiny_model_file), "--user-state", str(nan),
+                 "--out", str(tmp_path / "o"), "--config", TINY]) == 2
+    assert "nan_state.pt" in capsys.readouterr().err
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).add_(0.1)
+    other = save_model(tmp_path / "other.pt", model, stage="test")
+    assert main(["crop", str(photo), "--model", str(other), "--user-state", str(good),
+                 "--out", str(tmp_path / "o2"), "--config", TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "u.pt" in err[0] and "different shared model" in err[0]
