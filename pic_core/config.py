@@ -109,7 +109,8 @@ class FederationConfig:
     fp16: bool = True  # upload float16 deltas instead of float32 weights
     freeze_backbone: bool = True  # keep the backbone taps from pre fixed; upload the heads only
     cache_features: bool = True  # with a frozen backbone, keep its outputs on the device's disk
-    max_update_norm: Optional[float] = None  # reject updates whose L2 norm exceeds this
+    max_update_norm: Optional[float] = 50.0  # reject updates whose L2 norm exceeds this (null: no bound);
+    # honest medians measured 0.6 (demo) to 5 (fed benchmark, round 1): docs/security.md
     outlier_factor: float = 10.0  # reject updates above factor x the round's median norm (0: off)
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     dp_clipping_norm: Optional[float] = None  # > 0: Flower's client-side fixed-clipping DP (needs fp16 and

@@ -101,3 +101,61 @@ def test_a_state_with_nan_or_fitted_on_another_model_is_an_error(tiny_model_file
                  "--out", str(tmp_path / "o2"), "--config", TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "u.pt" in err[0] and "different shared model" in err[0]
+
+
+# -- 2. example-count liar, absolute norm bound with 1 or 2 replies --
+
+def _replies(config, model, shifts: list[float], claims: list[float], attackers=None, factor=100.0):
+    from flwr.app import Context, Message, RecordDict
+
+    from test_poisoning import _honest_app
+    from fed_capture import server_message
+    from pic_core.exchange import METRICS, NUM_EXAMPLES
+    from simulations.attacks import attack_mod
+
+    mod = attack_mod(attackers or {}, factor=factor)
+    replies = []
+    for partition, (shift, claim) in enumerate(zip(shifts, claims)):
+        context = Context(run_id=1, node_id=partition + 1, node_config={"partition-id": partition},
+                          state=RecordDict(), run_config={})
+        reply: Message = mod(server_message(config, model), context, _honest_app(shift))
+        reply.content[METRICS][NUM_EXAMPLES] = claim
+        replies.append(reply)
+    return replies
+
+
+def test_a_device_claiming_1e9_examples_weighs_no_more_than_an_honest_one(tiny_config):
+    from pic_core.exchange import ARRAYS
+    from pic_core.model import CropScorer
+    from pic_core.params import shared_state, to_numpy
+    from server.screening import screen_replies
+    from server.strategy import build_strategy, sampling
+
+    fed = tiny_config.federation
+    model = CropScorer(tiny_config.model)
+    received = to_numpy(shared_state(model))
+    # three honest devices move every weight by +1e-3; the liar by -1e-3 and claims 1e9 examples
+    replies = _replies(tiny_config, model, [1e-3, 1e-3, 1e-3, -1e-3], [4, 4, 4, 1e9])
+    screening = screen_replies(replies, received, "delta16", fed.max_update_norm, fed.outlier_factor, fed.max_images)
+    assert len(screening.accepted) == 4 and screening.counts()["capped_examples"] == 1
+    arrays, _ = build_strategy(fed, sampling(fed, 4)).aggregate_train(1, screening.accepted)
+    key = next(k for k in arrays if k in received and np.issubdtype(received[k].dtype, np.floating)
+               and k in screening.accepted[0].content[ARRAYS])
+    moved = float(np.mean(arrays[key].numpy() - received[key]))
+    assert moved == pytest.approx(0.5e-3, abs=1e-4)  # (3 x 1e-3 - 1e-3) / 4, not the liar's -1e-3
+
+
+@pytest.mark.parametrize("honest", [0, 1])
+def test_a_huge_update_is_rejected_with_one_or_two_replies_by_default(tiny_config, honest):
+    from pic_core.model import CropScorer
+    from pic_core.params import shared_state, to_numpy
+    from server.screening import screen_replies
+
+    fed = tiny_config.federation
+    assert fed.max_update_norm is not None  # the absolute bound is on by default
+    model = CropScorer(tiny_config.model)
+    received = to_numpy(shared_state(model))
+    replies = _replies(tiny_config, model, [1e-3] * (honest + 1), [4] * (honest + 1), attackers={honest: "scale"},
+                       factor=1e6)
+    screening = screen_replies(replies, received, "delta16", fed.max_update_norm, fed.outlier_factor, fed.max_images)
+    assert screening.counts()["rejected_norm"] == 1 and len(screening.accepted) == honest
