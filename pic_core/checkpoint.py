@@ -129,7 +129,9 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tupl
 
 
 def save_user_state(path: PathLike, model: CropScorer, user_id: str, extra: Optional[dict] = None) -> Path:
-    """Write one user's PERSONAL tensors and the fingerprint of the model they were fitted on."""
+    """Write one user's PERSONAL tensors and the fingerprint of the model they were fitted on.
+    Non-finite tensors are refused before anything is written (the previous file stays)."""
+    check_finite(path, personal_state(model), "personal tensor")
     payload = {
         "format": USER_STATE_FORMAT,
         "format_version": FORMAT_VERSION,

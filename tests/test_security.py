@@ -159,3 +159,62 @@ def test_a_huge_update_is_rejected_with_one_or_two_replies_by_default(tiny_confi
                        factor=1e6)
     screening = screen_replies(replies, received, "delta16", fed.max_update_norm, fed.outlier_factor, fed.max_images)
     assert screening.counts()["rejected_norm"] == 1 and len(screening.accepted) == honest
+
+
+# -- 3. a device refuses non-finite global weights and never writes a non-finite state --
+
+def test_a_device_refuses_nan_global_weights_and_keeps_its_state(tiny_config, toy_dataset, tmp_path):
+    from flwr.app import MessageType
+
+    from flwr.app import Array
+
+    from client.app import handle_train, make_client_app
+    from fed_capture import device_context, server_message
+    from pic_core.exchange import ARRAYS
+    from pic_core.model import CropScorer
+
+    model = CropScorer(tiny_config.model)
+    context = device_context(toy_dataset, "user0", tmp_path)
+    state = tmp_path / "user0" / "personal.pt"
+    assert make_client_app()(server_message(tiny_config, model), context).has_content()  # an honest round 1
+    before = state.read_bytes()
+    for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+        message = server_message(tiny_config, model, kind, server_round=2)
+        key = next(k for k, a in message.content[ARRAYS].items() if a.numpy().dtype.kind == "f")
+        poisoned = message.content[ARRAYS][key].numpy().copy()
+        poisoned.flat[0] = np.nan
+        message.content[ARRAYS][key] = Array(poisoned)
+        # the ClientApp raises before touching the disk; Flower's runtime sends it back as the error reply
+        with pytest.raises(ValueError, match="non-finite global weights"):
+            make_client_app()(message, context)
+    with pytest.raises(ValueError, match="non-finite global weights"):
+        handle_train(message, context, {})
+    assert state.read_bytes() == before  # d_u and its backup (`previous`) untouched
+    assert list(state.parent.glob("*.tmp")) == []
+
+
+def test_a_non_finite_user_state_is_never_written(tiny_config, tmp_path):
+    from pic_core.model import CropScorer
+
+    model = CropScorer(tiny_config.model)
+    good = save_user_state(tmp_path / "u.pt", model, "u")
+    before = good.read_bytes()
+    with torch.no_grad():
+        model.personal.delta.fill_(float("inf"))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        save_user_state(good, model, "u")
+    assert good.read_bytes() == before
+
+
+# -- 6. a device's folders come from its own node config --
+
+def test_the_run_config_cannot_choose_a_real_devices_folders(toy_dataset, tmp_path):
+    from client.settings import NodeConfigError, node_settings
+
+    hostile = {"data-dir": str(tmp_path / "elsewhere"), "state-dir": str(tmp_path / "theirs")}
+    with pytest.raises(NodeConfigError, match="state-dir in the node config:"):
+        node_settings({"data-dir": str(toy_dataset), "user-id": "user0"}, hostile)
+    with pytest.raises(NodeConfigError, match="data-dir"):
+        node_settings({"user-id": "user0", "state-dir": str(tmp_path)}, hostile)
+    own = node_settings({"data-dir": str(toy_dataset), "user-id": "user0", "state-dir": str(tmp_path)}, hostile)
+    assert own.data_dir == toy_dataset and own.state_dir == tmp_path / "user0"
