@@ -131,7 +131,7 @@ def test_screening_rejects_nonfinite_outliers_and_malformed_and_counts_them(mode
                 _reply(good[3], {NUM_EXAMPLES: 6, "loss": float("inf")}, 14)]
     result = screen_replies(replies, received, "delta16", max_update_norm=None, outlier_factor=10.0)
     assert result.counts() == {"accepted": 4, "failures": 0, "rejected_malformed": 2, "rejected_nonfinite": 2,
-                               "rejected_norm": 1}
+                               "rejected_norm": 1, "capped_examples": 0}
     accepted = result.accepted[0].content[ARRAYS]
     assert set(accepted.keys()) == set(received)  # rewritten to full weights
     assert accepted["prior_embedding"].numpy().dtype == np.float32

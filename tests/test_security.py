@@ -218,3 +218,85 @@ def test_the_run_config_cannot_choose_a_real_devices_folders(toy_dataset, tmp_pa
         node_settings({"user-id": "user0", "state-dir": str(tmp_path)}, hostile)
     own = node_settings({"data-dir": str(toy_dataset), "user-id": "user0", "state-dir": str(tmp_path)}, hostile)
     assert own.data_dir == toy_dataset and own.state_dir == tmp_path / "user0"
+
+
+# -- 5. strategy_args: scalars only; a YAML alias bomb is a fast, clear error --
+
+BOMB = "\n".join(["federation:", "  strategy: fedtrimmedavg", "  strategy_args:", '    a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+                 + [f"    a{i}: &a{i} [*a{i - 1},*a{i - 1},*a{i - 1},*a{i - 1},*a{i - 1},*a{i - 1},*a{i - 1},*a{i - 1},"
+                    f"*a{i - 1}]" for i in range(1, 9)]) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    import time
+
+    from pic_core.config import ConfigError, load_config
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml: line 5 .*aliases"):
+        load_config(path)
+    assert time.perf_counter() - start < 1.0
+    assert main(["simulate", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bomb.yaml" in err[0]
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "{x: 1}"])
+def test_strategy_args_accept_scalars_only(tmp_path, value):
+    from pic_core.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"federation:\n  strategy: fedtrimmedavg\n  strategy_args:\n    beta: {value}\n")
+    with pytest.raises(ConfigError, match="strategy_args.beta: expected a single value"):
+        load_config(path)
+    path.write_text("federation:\n  strategy: fedtrimmedavg\n  strategy_args:\n    beta: 0.2\n")
+    assert load_config(path).federation.strategy_args == {"beta": 0.2}
+
+
+# -- 7. crops.jsonl and --json written atomically; killed writers' temp files removed --
+
+def test_an_interrupted_crop_rerun_keeps_the_previous_results(tiny_model_file, tmp_path, monkeypatch):
+    from pic_core import crop_tool
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(photos / f"{i}.png"), np.random.default_rng(i).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    args = ["crop", str(photos), "--model", str(tiny_model_file), "--out", str(out), "--config", TINY, "--quiet",
+            "--no-crops"]
+    assert main(args) == 0
+    before = (out / "crops.jsonl").read_text()
+    assert len(before.splitlines()) == 3
+    real, calls = crop_tool.crop_one, []
+
+    def interrupted(*a, **k):  # the user presses Ctrl-C while the second photo is cropped
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(crop_tool, "crop_one", interrupted)
+    assert main(args) == 130  # "fedpic: interrupted"
+    assert len(calls) == 2
+    assert (out / "crops.jsonl").read_text() == before
+    assert not list(out.glob(".crops.jsonl.*"))
+
+
+def test_temp_files_of_killed_writers_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pic_core.atomic import atomic_write_text
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".r.json.{dead.pid}.abc123.tmp"
+    live = tmp_path / f".r.json.{os.getpid()}.def456.tmp"  # a writer still running (this process)
+    stale.write_text("half")
+    live.write_text("half")
+    atomic_write_text(tmp_path / "r.json", "{}\n")
+    assert not stale.exists() and live.exists() and (tmp_path / "r.json").read_text() == "{}\n"

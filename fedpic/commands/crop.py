@@ -12,8 +12,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import IO, Optional
+from contextlib import nullcontext
+from typing import IO, ContextManager, Optional
 
+from pic_core.atomic import atomic_open
 from pic_core.profiles import PROFILES
 
 from .common import add_common_options, config_from_args
@@ -21,12 +23,12 @@ from .common import add_common_options, config_from_args
 log = logging.getLogger("fedpic")
 
 
-def _open_jsonl(spec: Optional[str], out_dir: Path) -> tuple[IO[str], bool]:
+def _open_jsonl(spec: Optional[str], out_dir: Path) -> ContextManager[IO[str]]:
+    """stdout, or the JSON-lines file written atomically: it replaces the previous one only
+    when the batch is done, so an interrupted re-run keeps the previous results."""
     if spec == "-":
-        return sys.stdout, False
-    path = Path(spec) if spec else out_dir / "crops.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("w", encoding="utf-8"), True
+        return nullcontext(sys.stdout)
+    return atomic_open(Path(spec) if spec else out_dir / "crops.jsonl", "w")
 
 
 def _cmd_crop(args: argparse.Namespace) -> int:
@@ -60,8 +62,7 @@ def _cmd_crop(args: argparse.Namespace) -> int:
     sheets = SheetWriter(out_dir, args.sheet_size)
     failures: list[tuple[Path, str]] = []
     times: list[float] = []
-    stream, close = _open_jsonl(args.jsonl, out_dir)
-    try:
+    with _open_jsonl(args.jsonl, out_dir) as stream:
         for path, name in tqdm(inputs.photos, desc="crop", unit="photo", disable=not config.progress):
             record: dict = {"image": str(path)}
             try:
@@ -82,9 +83,6 @@ def _cmd_crop(args: argparse.Namespace) -> int:
             stream.write(json.dumps(record) + "\n")
             stream.flush()
         sheets.flush()
-    finally:
-        if close:
-            stream.close()
     log.info("cropped %d photos (median %.1f ms each, %s), %d failed, %d non-image files skipped; "
              "results in %s, %d contact sheet(s)", len(times), float(np.median(times)) if times else 0.0,
              cropper.description, len(failures), inputs.skipped, out_dir, len(sheets.written))
