@@ -12,7 +12,9 @@ attacked arms device 3 sends its update scaled x100 and device 7 sends NaN. Arms
   liar-fedavg               device 3 sends its update sign-flipped and claims 1e9 examples;
                             default FedAvg (claims capped at the round's lower median)
   two-clean-fedavg          2 devices (the first 2 users), no attacker: the 2-reply reference
+  two-dropout-fedavg        2 devices, device 1 sends NaN (always rejected): the honest device alone
   two-attacked-fedavg       2 devices, device 1 sends x100: default screening with 2 replies
+  two-attacked-fedavg-noscreen  the same with the norm screening off
 Every arm starts from the same pre-stage model and is evaluated with the evaluation protocol
 (generic and few-shot personalized acc1_5 over the 10 users). Writes runs/bench/attack.json.
 
@@ -55,9 +57,15 @@ ARMS = {  # name: (strategy, overrides, attackers {partition-id: kind}, devices 
                       ATTACKERS, None),
     "liar-fedavg": ("fedavg", {}, {3: "liar"}, None),
     "two-clean-fedavg": ("fedavg", {}, {}, 2),
+    "two-dropout-fedavg": ("fedavg", {}, {1: "nan"}, 2),
     "two-attacked-fedavg": ("fedavg", {}, {1: "scale"}, 2),
+    "two-attacked-fedavg-noscreen": ("fedavg", NOSCREEN, {1: "scale"}, 2),
 }
-REFERENCE = {"two-attacked-fedavg": "two-clean-fedavg"}  # default: clean-fedavg
+REFERENCE = {"two-dropout-fedavg": "two-clean-fedavg", "two-attacked-fedavg": "two-dropout-fedavg",
+             "two-attacked-fedavg-noscreen": "two-dropout-fedavg"}
+"""Which arm each is compared with (default clean-fedavg). In a 2-reply round the best a defence
+can do is to drop the attacker's reply: the reference is the same round with that device's
+reply always rejected (NaN), i.e. the honest device alone."""
 TOLERANCE = 0.02  # acc1_5 points (as a fraction) a robust arm may lose against the clean run
 
 
@@ -140,6 +148,7 @@ def main() -> int:
         if clean:
             for which in ("generic_acc1_5", "personalized_acc1_5"):
                 arm[f"{which}_drop"] = clean[which] - arm[which]
+            arm["reference"] = REFERENCE.get(name, "clean-fedavg")
             arm["within_tolerance"] = all(arm[f"{w}_drop"] <= TOLERANCE for w in ("generic_acc1_5",
                                                                                   "personalized_acc1_5"))
     payload = {"benchmark": "attack", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": str(args.data),
