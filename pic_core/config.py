@@ -122,6 +122,20 @@ class FederationConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Which evaluations the reports run (simulations/evaluation.py, docs/evaluation.md).
+
+    Every method is scored on the whole population at its main N (finetune.shots, or the
+    --shots of `fedpic baselines`); the accuracy-against-N curve adds the other `shots` on a
+    sample of `curve_users` users (evenly spaced over the sorted ids), which keeps it cheap.
+    """
+
+    shots: list[int] = field(default_factory=lambda: [1, 3, 5, 10])  # N of the accuracy-against-N curve
+    curve_users: int = 10  # users the curve is measured on (0: every user)
+    du_only: bool = True  # also score the d_u-only rows (personal state = d_u alone, no head offsets)
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -132,6 +146,7 @@ class Config:
     prior: PriorConfig = field(default_factory=PriorConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
