@@ -272,3 +272,21 @@ def paired_gains(results: Sequence[PopulationResult], suffix: str = "", key: str
 def gain(gains: Mapping, method: str, base: str, shots: int) -> Optional[dict]:
     """One entry of a results file's `gains` (None when not measured)."""
     return (gains.get(base) or {}).get(f"{method}@{shots}")
+
+
+def paired_target(gains: Mapping, method: str, base: str, shots: int, threshold: float,
+                  ci_above_zero: bool = False) -> dict:
+    """A benchmark target on a paired gain: (method - base) at N >= threshold, and with
+    ci_above_zero the 95% CI's lower bound above 0 too. `met` is False when not measured."""
+    entry = gain(gains, method, base, shots)
+    value = None if entry is None else entry["mean"]
+    low = None if entry is None else entry.get("low")
+    met = value is not None and value >= threshold - 1e-12
+    if ci_above_zero:
+        met = met and low is not None and low > 0
+    text = f"{method} - {base} {GAIN_KEY} at N = {shots} >= {threshold:+.2f} (paired over users"
+    return {"description": text + (", 95% CI above 0)" if ci_above_zero else ")"), "value": value,
+            "ci95": None if entry is None else entry["ci95"], "low": low,
+            "high": None if entry is None else entry.get("high"), "users": None if entry is None else entry["users"],
+            "threshold": threshold, "met": bool(met),
+            "shortfall": None if value is None else max(0.0, threshold - value)}

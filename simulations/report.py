@@ -489,6 +489,8 @@ def targets_section(run: RunContents) -> list[str]:
                     value = target.get("value")
                     shown = (str(value) if isinstance(value, int) else f"{value:+.3f}" if isinstance(value, float)
                              else "-")
+                    if isinstance(value, float) and isinstance(target.get("ci95"), float):
+                        shown += f" ± {target['ci95']:.3f}"
                     lines.append(f"| {name}: {target.get('description', '')} | {shown} | "
                                  f"{'yes' if target.get('met') else 'no'} |")
             lines.append("")
