@@ -98,7 +98,7 @@ class FederationConfig:
     eval_devices: int = 0  # > 0: devices evaluated per evaluation round; 0: use eval_fraction
     eval_fraction: float = 1.0
     min_replies: int = 1  # fewer valid updates than this: the round keeps the previous model
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum (Flower's classes)
+    strategy: str = "fedavg"  # fedavg | fedavgm | fedprox | fedadam | fedmedian | fedtrimmedavg | krum (Flower's)
     strategy_args: dict[str, Any] = field(default_factory=dict)  # extra arguments of that class, e.g. {eta: 0.01}
     local_epochs: int = 1  # epochs over the device's prior images for the shared part
     personal_epochs: int = 5  # epochs of d_u (+ personal head) before the shared part
@@ -149,7 +149,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 _CHOICES = {
     "device": ("auto", "cpu", "cuda"),

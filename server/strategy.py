@@ -1,11 +1,11 @@
 """The aggregation strategy, picked by name from the config: Flower's own classes, configured.
 
-fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg and krum map to flwr.serverapp.strategy;
+fedavg, fedavgm, fedprox, fedadam, fedmedian, fedtrimmedavg and krum map to flwr.serverapp.strategy;
 `federation.dp_clipping_norm` wraps the result in Flower's client-side fixed-clipping DP.
 Sampling comes from the federation section (devices per round or a fraction of the
 population); `federation.strategy_args` passes the class's own arguments (proximal_mu,
 eta, beta_1, tau, beta...), checked against its signature. The server state a strategy
-carries between rounds (FedAdam's moments) is exported for the checkpoint and restored.
+carries between rounds (FedAdam's moments, FedAvgM's momentum) is exported for the checkpoint and restored.
 """
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedMedian, \
-    FedProx, FedTrimmedAvg, Krum, Strategy
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedAvgM, \
+    FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
 from pic_core.config import ConfigError, FederationConfig
 from pic_core.exchange import ARRAYS, CONFIG, NUM_EXAMPLES
 
 STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
+    "fedavgm": FedAvgM,  # server learning rate and momentum on the averaged update (benchmarks/RESULTS.md)
     "fedprox": FedProx,
     "fedadam": FedAdam,
     "fedmedian": FedMedian,
@@ -43,8 +44,8 @@ RESERVED = ("fraction_train", "fraction_evaluate", "min_train_nodes", "min_evalu
             "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn")
 """Arguments fedpic sets itself (from the federation section); not allowed in strategy_args."""
 
-STATE_ATTRIBUTES = ("m_t", "v_t")
-"""Server optimizer state of the FedOpt family (first and second moments)."""
+STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector")
+"""Server optimizer state: the FedOpt family's moments (dicts), FedAvgM's momentum (a list)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ def strategy_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:
     state = {}
     for name in STATE_ATTRIBUTES:
         value = getattr(strategy, name, None)
+        if isinstance(value, list):  # FedAvgM: one array per key, in the order of the model's arrays
+            value = {f"{i:06d}": v for i, v in enumerate(value)}
         if value:
             state[name] = {k: np.array(v, copy=True) for k, v in value.items()}
     return state
@@ -141,4 +144,7 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, dict[str, np.nda
     for name, value in state.items():
         if name not in STATE_ATTRIBUTES or not hasattr(strategy, name):
             raise ValueError(f"checkpoint has strategy state {name!r} that {type(strategy).__name__} does not keep")
-        setattr(strategy, name, {k: np.asarray(v) for k, v in value.items()})
+        if name == "momentum_vector":
+            setattr(strategy, name, [np.asarray(value[k]) for k in sorted(value)])
+        else:
+            setattr(strategy, name, {k: np.asarray(v) for k, v in value.items()})

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg
 
 from client.app import app as client_app
 from client.features import TapSampleCache, backbone_fingerprint
@@ -140,7 +140,7 @@ def test_screening_rejects_nonfinite_outliers_and_malformed_and_counts_them(mode
     assert tight.counts()["rejected_norm"] == 4 and not tight.accepted
 
 
-@pytest.mark.parametrize("name,cls", [("fedavg", FedAvg), ("fedprox", FedProx), ("fedadam", FedAdam),
+@pytest.mark.parametrize("name,cls", [("fedavg", FedAvg), ("fedavgm", FedAvgM), ("fedprox", FedProx), ("fedadam", FedAdam),
                                       ("fedmedian", FedMedian), ("fedtrimmedavg", FedTrimmedAvg)])
 def test_strategies_are_flowers_classes_with_fedpic_sampling(tiny_config, name, cls):
     fed = load_config("tiny", overrides={"federation.strategy": name,
@@ -184,6 +184,22 @@ def test_server_checkpoint_keeps_weights_round_and_fedadam_moments(tmp_path, mod
     np.testing.assert_array_equal(fresh.v_t["prior_embedding"], 2.0)
     with pytest.raises(CheckpointError, match="no server checkpoint"):
         load_server_state(tmp_path / "missing.pt")
+
+
+def test_fedavgm_server_momentum_survives_the_checkpoint(tmp_path, model):
+    arrays = _arrays(model)
+    fed = load_config("tiny", overrides={"federation.strategy": "fedavgm", "federation.strategy_args":
+                                         {"server_momentum": 0.9, "server_learning_rate": 2.0}}).federation
+    strategy = build_strategy(fed, sampling(fed, 3))
+    assert (strategy.server_momentum, strategy.server_learning_rate) == (0.9, 2.0)
+    assert strategy_state(strategy) == {}  # no momentum before the first aggregation
+    strategy.momentum_vector = [np.full(v.shape, float(i)) for i, v in enumerate(arrays.values())]
+    save_server_state(tmp_path / "c.pt", ServerState(2, arrays, "fedavgm", strategy_state(strategy), {}))
+    fresh = build_strategy(fed, sampling(fed, 3))
+    restore_strategy_state(fresh, load_server_state(tmp_path / "c.pt").strategy_state)
+    assert len(fresh.momentum_vector) == len(arrays)
+    for i, (restored, v) in enumerate(zip(fresh.momentum_vector, arrays.values())):
+        assert restored.shape == v.shape and np.all(restored == float(i))
 
 
 def test_round_log_drops_rounds_after_the_checkpoint(tmp_path):
