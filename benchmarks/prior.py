@@ -85,10 +85,11 @@ def fedavg(results: list, keys: list[str], reference: dict) -> dict:
 
 def server_step(arrays: dict, averaged: dict, keys: list[str], momentum: dict, lr: float, beta: float) -> dict:
     """Flower's FedAvgM server step: pseudo-gradient g = old - average, m = beta m + g, new = old - lr m
-    (lr 1, beta 0: plain FedAvg). `momentum` is updated in place."""
+    (lr 1, beta 0: plain FedAvg). `momentum` is updated in place. BatchNorm running statistics are
+    averaged plainly (with momentum their variances went negative: NaN scores, measured)."""
     out = dict(averaged)
     for key in keys:
-        if not np.issubdtype(arrays[key].dtype, np.floating):
+        if not np.issubdtype(arrays[key].dtype, np.floating) or ".running_" in key:
             continue
         grad = arrays[key].astype(np.float64) - averaged[key].astype(np.float64)
         momentum[key] = beta * momentum[key] + grad if key in momentum and beta > 0 else grad
