@@ -11,19 +11,42 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedAvgM, \
     FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
 from pic_core.config import ConfigError, FederationConfig
 from pic_core.exchange import ARRAYS, CONFIG, NUM_EXAMPLES
 
+class FedAvgMStats(FedAvgM):
+    """Flower's FedAvgM with BatchNorm running statistics (and counters) averaged plainly: server
+    momentum on them drove running variances negative and the scores to NaN (benchmarks/prior.py)."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        plain, _ = FedAvg.aggregate_train(self, server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None or plain is None:
+            return arrays, metrics
+        out = ArrayRecord({k: plain[k] if is_running_statistic(k) else arrays[k] for k in arrays})
+        if self.server_opt:
+            self.current_arrays = out
+        return out, metrics
+
+
+def is_running_statistic(key: str) -> bool:
+    """BatchNorm buffers: running mean/variance and the batch counter (averaged, never extrapolated)."""
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
 STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
-    "fedavgm": FedAvgM,  # server learning rate and momentum on the averaged update (benchmarks/RESULTS.md)
+    "fedavgm": FedAvgMStats,  # server lr and momentum on the averaged update (benchmarks/RESULTS.md)
     "fedprox": FedProx,
     "fedadam": FedAdam,
     "fedmedian": FedMedian,
