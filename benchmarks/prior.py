@@ -14,7 +14,8 @@ test images after N-shot personalization with the protocol's fast path, config.f
   joint            centralized prior, prior.method joint (a d_u per user, trained with the shared part)
   episodic         centralized prior, prior.method episodic (pic_core.train.train_episodes)
   fed-joint        federated prior: FedAvg in process over client.local.train_round (the ClientApp's
-  fed-episodic     own training function), then client.local.refit_round on every device
+  fed-episodic     own training function), then client.local.refit_round on every device;
+                   the server step is FedAvgM's (--server-lr/--server-momentum, default the config's)
   *-du             the same prior personalized with d_u alone (finetune.head_lr = 0: <= embed_dim floats)
 
 For the federated methods the devices' stored states after the refit are scored too (`stored`).
@@ -184,13 +185,20 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--no-du", action="store_true", help="skip the d_u-only variants")
     parser.add_argument("--no-refit", action="store_true", help="federated: skip the refit and the stored rows")
-    parser.add_argument("--server-lr", type=float, default=1.0, help="federated: server learning rate (FedAvgM)")
-    parser.add_argument("--server-momentum", type=float, default=0.0, help="federated: server momentum (FedAvgM)")
+    parser.add_argument("--server-lr", type=float, help="federated: server learning rate (FedAvgM; default: the "
+                        "config's federation.strategy_args when its strategy is fedavgm, else 1)")
+    parser.add_argument("--server-momentum", type=float, help="federated: server momentum (FedAvgM; default as "
+                        "--server-lr, else 0)")
     parser.add_argument("--out", type=Path, help="JSON output (default runs/bench/prior-s<seed>.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     config = load_config(args.config, overrides={"progress": False, "device": "cpu",
                                                  **parse_overrides(args.overrides)})
+    server = config.federation.strategy_args if config.federation.strategy == "fedavgm" else {}
+    args.server_lr = server.get("server_learning_rate", 1.0) if args.server_lr is None else args.server_lr
+    args.server_momentum = server.get("server_momentum", 0.0) if args.server_momentum is None else args.server_momentum
+    if config.federation.strategy not in ("fedavg", "fedavgm"):
+        raise SystemExit(f"benchmarks/prior.py federates with FedAvg(M) only, not {config.federation.strategy}")
     data = demo_population(args.data, args.users, args.seed)
     device = configure_runtime(config)
     users = load_users(Dataset(data))
