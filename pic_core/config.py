@@ -121,7 +121,7 @@ class FederationConfig:
     eval_devices: int = 0  # > 0: devices evaluated per evaluation round; 0: use eval_fraction
     eval_fraction: float = 1.0
     min_replies: int = 1  # fewer valid updates than this: the round keeps the previous model
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum (Flower's classes)
+    strategy: str = "fedavg"  # fedavg | fedavgm | fedprox | fedadam | fedmedian | fedtrimmedavg | krum (Flower's classes)
     strategy_args: dict[str, Scalar] = field(default_factory=dict)  # that class's extra arguments (scalars), e.g. {eta: 0.01}
     local_epochs: int = 1  # epochs over the device's prior images for the shared part
     personal_epochs: int = 5  # epochs of d_u (+ personal head) before the shared part
@@ -147,6 +147,20 @@ class FederationConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Which evaluations the reports run (simulations/evaluation.py, docs/evaluation.md).
+
+    Every method is scored on the whole population at its main N (finetune.shots, or the
+    --shots of `fedpic baselines`); the accuracy-against-N curve adds the other `shots` on a
+    sample of `curve_users` users (evenly spaced over the sorted ids), which keeps it cheap.
+    """
+
+    shots: list[int] = field(default_factory=lambda: [1, 3, 5, 10])  # N of the accuracy-against-N curve
+    curve_users: int = 10  # users the curve is measured on (0: every user)
+    du_only: bool = True  # also score the d_u-only rows (personal state = d_u alone, no head offsets)
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -157,9 +171,10 @@ class Config:
     prior: PriorConfig = field(default_factory=PriorConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
