@@ -3,11 +3,18 @@
 10 devices per round (the first 10 users of the population, all sampled every round); in the
 attacked arms device 3 sends its update scaled x100 and device 7 sends NaN. Arms:
   clean-fedavg              no attacker (the reference)
-  attacked-fedavg-noscreen  FedAvg with the norm screening off (federation.outlier_factor=0);
-                            non-finite updates are always rejected, so the x100 update gets in
-  attacked-fedavg           FedAvg with fedpic's default screening (10x the median norm)
+  attacked-fedavg-noscreen  FedAvg with the norm screening off (federation.outlier_factor=0,
+                            max_update_norm=null); non-finite updates are always rejected, so the
+                            x100 update gets in
+  attacked-fedavg           FedAvg with fedpic's default screening (absolute bound 50, 10x the median)
   attacked-<robust>         fedmedian / fedtrimmedavg (beta 0.2) / krum, norm screening off:
                             the aggregator alone has to absorb the x100 update
+  liar-fedavg               device 3 sends its update sign-flipped and claims 1e9 examples;
+                            default FedAvg (claims capped at the round's lower median)
+  two-clean-fedavg          2 devices (the first 2 users), no attacker: the 2-reply reference
+  two-dropout-fedavg        2 devices, device 1 sends NaN (always rejected): the honest device alone
+  two-attacked-fedavg       2 devices, device 1 sends x100: default screening with 2 replies
+  two-attacked-fedavg-noscreen  the same with the norm screening off
 Every arm starts from the same pre-stage model and is evaluated with the evaluation protocol
 (generic and few-shot personalized acc1_5 over the 10 users). Writes runs/bench/attack.json.
 
@@ -38,16 +45,27 @@ from simulations.simulate import run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKERS = {3: "scale", 7: "nan"}
-ARMS = {
-    "clean-fedavg": ("fedavg", {}, False),
-    "attacked-fedavg-noscreen": ("fedavg", {"federation.outlier_factor": 0}, True),
-    "attacked-fedavg": ("fedavg", {}, True),
-    "attacked-fedmedian": ("fedmedian", {"federation.outlier_factor": 0}, True),
-    "attacked-fedtrimmedavg": ("fedtrimmedavg", {"federation.outlier_factor": 0,
-                                                 "federation.strategy_args": {"beta": 0.2}}, True),
-    "attacked-krum": ("krum", {"federation.outlier_factor": 0,
-                               "federation.strategy_args": {"num_malicious_nodes": 2}}, True),
+NOSCREEN = {"federation.outlier_factor": 0, "federation.max_update_norm": None}
+ARMS = {  # name: (strategy, overrides, attackers {partition-id: kind}, devices (None: --devices))
+    "clean-fedavg": ("fedavg", {}, {}, None),
+    "attacked-fedavg-noscreen": ("fedavg", NOSCREEN, ATTACKERS, None),
+    "attacked-fedavg": ("fedavg", {}, ATTACKERS, None),
+    "attacked-fedmedian": ("fedmedian", NOSCREEN, ATTACKERS, None),
+    "attacked-fedtrimmedavg": ("fedtrimmedavg", {**NOSCREEN, "federation.strategy_args": {"beta": 0.2}},
+                               ATTACKERS, None),
+    "attacked-krum": ("krum", {**NOSCREEN, "federation.strategy_args": {"num_malicious_nodes": 2}},
+                      ATTACKERS, None),
+    "liar-fedavg": ("fedavg", {}, {3: "liar"}, None),
+    "two-clean-fedavg": ("fedavg", {}, {}, 2),
+    "two-dropout-fedavg": ("fedavg", {}, {1: "nan"}, 2),
+    "two-attacked-fedavg": ("fedavg", {}, {1: "scale"}, 2),
+    "two-attacked-fedavg-noscreen": ("fedavg", NOSCREEN, {1: "scale"}, 2),
 }
+REFERENCE = {"two-dropout-fedavg": "two-clean-fedavg", "two-attacked-fedavg": "two-dropout-fedavg",
+             "two-attacked-fedavg-noscreen": "two-dropout-fedavg"}
+"""Which arm each is compared with (default clean-fedavg). In a 2-reply round the best a defence
+can do is to drop the attacker's reply: the reference is the same round with that device's
+reply always rejected (NaN), i.e. the honest device alone."""
 TOLERANCE = 0.02  # acc1_5 points (as a fraction) a robust arm may lose against the clean run
 
 
@@ -63,7 +81,7 @@ def acc(results: dict, which: str) -> float:
     return float(row["summary"]["acc1_5"]["mean"])
 
 
-def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attacked: bool) -> dict:
+def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attackers: dict) -> dict:
     """Simulate + evaluate one arm (cached in out/results.json); a destroyed model is recorded as such."""
     if (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text())
@@ -72,7 +90,7 @@ def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attacked
     plan = SimulationPlan(config=config, data_dir=data, out_dir=out, users=users, holdout=[], init_model=pre)
     start = time.perf_counter()
     try:
-        results = json.loads(run(plan, evaluate=True, client_mods=[attack_mod(ATTACKERS)] if attacked else [])
+        results = json.loads(run(plan, evaluate=True, client_mods=[attack_mod(attackers)] if attackers else [])
                              .read_text())
     except ValueError as exc:  # the evaluation refuses NaN scores: the poisoned model is destroyed
         if "non-finite prediction" not in str(exc):
@@ -107,12 +125,16 @@ def main() -> int:
         pretrain_model(plan)
     arms = {}
     for name in args.arms:
-        strategy, overrides, attacked = ARMS[name]
-        arm_config = load_config(args.config, overrides={**base, "federation.strategy": strategy, **overrides})
+        strategy, overrides, attackers, devices = ARMS[name]
+        devices = devices or args.devices
+        arm_config = load_config(args.config, overrides={**base, "federation.strategy": strategy,
+                                                         "federation.population": devices, **overrides})
         out = args.work / name
-        results = run_arm(out, arm_config, args.data, users, pre, attacked)
+        results = run_arm(out, arm_config, args.data, users[:devices], pre, attackers)
         rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines() if line.strip()]
-        arms[name] = {"strategy": strategy, "overrides": overrides, "attacked": attacked,
+        arms[name] = {"strategy": strategy, "overrides": overrides, "attackers": attackers, "devices": devices,
+                      "capped_examples": sum(r.get("capped_examples", 0) for r in rounds),
+                      "update_norm_max": max((r.get("update_norm_max") or 0.0 for r in rounds), default=None),
                       "model_broken": results.get("model_broken"),
                       "generic_acc1_5": acc(results, "generic"), "personalized_acc1_5": acc(results, "personalized"),
                       "rejected_nonfinite": sum(r.get("rejected_nonfinite", 0) for r in rounds),
@@ -120,12 +142,13 @@ def main() -> int:
                       "seconds": results["timing"].get("arm_seconds")}
         print(f"{name:>26}: generic acc1_5 {arms[name]['generic_acc1_5']:.3f}  personalized "
               f"{arms[name]['personalized_acc1_5']:.3f}  rejected nan/norm {arms[name]['rejected_nonfinite']}/"
-              f"{arms[name]['rejected_norm']}", flush=True)
-    clean = arms.get("clean-fedavg")
-    if clean:
-        for arm in arms.values():
+              f"{arms[name]['rejected_norm']}  capped {arms[name]['capped_examples']}", flush=True)
+    for name, arm in arms.items():
+        clean = arms.get(REFERENCE.get(name, "clean-fedavg"))
+        if clean:
             for which in ("generic_acc1_5", "personalized_acc1_5"):
                 arm[f"{which}_drop"] = clean[which] - arm[which]
+            arm["reference"] = REFERENCE.get(name, "clean-fedavg")
             arm["within_tolerance"] = all(arm[f"{w}_drop"] <= TOLERANCE for w in ("generic_acc1_5",
                                                                                   "personalized_acc1_5"))
     payload = {"benchmark": "attack", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": str(args.data),

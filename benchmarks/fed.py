@@ -55,10 +55,11 @@ from server.round_log import read_rounds  # noqa: E402
 from pic_core.checkpoint import load_model, save_model  # noqa: E402
 from pic_core.config import to_dict  # noqa: E402
 from pic_core.data.dataset import Dataset  # noqa: E402
+from pic_core.protocol import PopulationResult, paired_gain  # noqa: E402
 from pic_core.samples import SampleCache  # noqa: E402
 from pic_core.runtime import configure_runtime  # noqa: E402
-from simulations.baselines import evaluate_centralized, evaluate_generic, evaluate_prior, load_users, \
-    train_generic, train_prior_model  # noqa: E402
+from simulations.baselines import load_users, train_generic, train_prior_model  # noqa: E402
+from simulations.evaluation import evaluate_rows, paired_target, pre_rows, shared_rows  # noqa: E402
 from simulations.experiment import PRE_MODEL, PRIOR_MODEL, RESULTS_FILE, read_results, results_payload, \
     write_results  # noqa: E402
 from simulations.simulate import run_simulation  # noqa: E402
@@ -141,17 +142,20 @@ def summary(result: dict, key: str = "acc1_5") -> dict:
     return result["summary"][key]
 
 
-def by_method(path: Path) -> dict[str, dict]:
-    """method -> its summary, from a "fedpic-results" file."""
-    _, results = read_results(path)
-    return {r.method: r.summary() for r in results}
+def by_method(path: Path, shots: Optional[int] = None) -> dict[str, dict]:
+    """method -> its summary at N = shots (default: the file's main_shots), from a "fedpic-results" file."""
+    payload, results = read_results(path)
+    shots = shots if shots is not None else payload.get("main_shots")
+    return {r.method: r.summary() for r in results if shots is None or r.shots == shots}
 
 
-def centralized(config: Config, data: Path, work: Path) -> dict:
-    """Generic, prior (d_u = 0) and centralized PIC by the report's baselines, into --work/results.json.
+def centralized(config: Config, data: Path, work: Path) -> tuple[dict, dict]:
+    """generic, pre-finetune(-du), prior (d_u = 0), centralized PIC(-du) by simulations/evaluation.py,
+    into --work/results.json: (method summaries at the main N, the results payload).
 
     The pre model --work/pre.pt is reused when present (it is the federated run's start too)."""
-    if not (work / RESULTS_FILE).is_file():
+    path = work / RESULTS_FILE
+    if not path.is_file() or "gains" not in read_results(path)[0]:
         device = configure_runtime(config)
         dataset = Dataset(data)
         users = load_users(dataset)
@@ -169,12 +173,14 @@ def centralized(config: Config, data: Path, work: Path) -> dict:
         save_model(work / PRIOR_MODEL, prior, to_dict(config), "prior")
         timing["prior_seconds"] = time.perf_counter() - start
         shots = config.finetune.shots
-        results = [evaluate_generic(pre, users, config, shots, cache, device),
-                   evaluate_prior(prior, users, config, shots, cache, device),
-                   evaluate_centralized(prior, users, config, shots, cache, device)]
-        write_results(work / RESULTS_FILE, results_payload(results, kind="centralized", data_dir=data, config=config,
-                                                           extra={"shots": [shots], "timing": timing}))
-    return by_method(work / RESULTS_FILE)
+        rows = pre_rows(pre, config, cache, device) + shared_rows(prior, "centralized", config, cache, device)
+        evaluation = evaluate_rows(rows, users, config, [shots])
+        timing.update(evaluation.timing)
+        write_results(path, results_payload(evaluation.results, kind="centralized", data_dir=data, config=config,
+                                            extra={"shots": [shots], "users": len(users), "timing": timing,
+                                                   **evaluation.extra()}))
+    payload, _ = read_results(path)
+    return by_method(path, payload["main_shots"]), payload
 
 
 def federated(config: Config, data: Path, pre: Path, out: Path, reuse: Optional[Path] = None) -> tuple[dict, dict]:
@@ -196,11 +202,42 @@ def federated(config: Config, data: Path, pre: Path, out: Path, reuse: Optional[
     return by_method(path), payload
 
 
-def quality(config: Config, work: Path, reuse: Optional[Path] = None) -> dict:
-    data = dataset(work / "data", PopulationSpec(seed=0))
-    central = centralized(config, data, work)
+ISSUE13_TARGETS = {  # name: (results file, method, base, minimum paired gain in acc1_5 at N = finetune.shots, CI > 0)
+    "federated_vs_pre_finetune": ("federated", "federated", "pre-finetune", 0.08, True),
+    "centralized_vs_pre_finetune": ("centralized", "centralized", "pre-finetune", 0.08, True),
+    "federated_vs_generic": ("federated", "federated", "generic", 0.25, False),
+    "federated_du_vs_pre_finetune": ("federated", "federated-du", "pre-finetune", 0.0, False),
+    "stored_vs_n_shot": ("federated", "federated-stored", "federated", -0.01, False),
+}
+"""Issue 13's targets, each a paired per-user gain from a results file's rows (stored state: its
+gain over the N-shot personalized row, computed here as that row is no GAIN_BASES row)."""
+
+
+def issue13_targets(central: dict, federated: dict, shots: int) -> dict:
+    """The targets of ISSUE13_TARGETS from the two results payloads (met / missed, value, CI)."""
+    out = {}
+    for name, (source, method, base, threshold, ci) in ISSUE13_TARGETS.items():
+        gains = (federated if source == "federated" else central).get("gains") or {}
+        if base not in gains:  # the stored-state target: pair it here
+            gains = {base: {f"{method}@{shots}": stored_gain(federated, method, base, shots)}}
+        out[name] = paired_target(gains, method, base, shots, threshold, ci)
+    return out
+
+
+def stored_gain(payload: dict, method: str, base: str, shots: int) -> Optional[dict]:
+    """Paired gain of one row over another from a payload's per-user results."""
+    rows = {(r["method"], r["shots"]): r for r in payload.get("results", [])}
+    if (method, shots) not in rows or (base, shots) not in rows:
+        return None
+    return paired_gain(PopulationResult.from_dict(rows[(method, shots)]), PopulationResult.from_dict(rows[(base, shots)]))
+
+
+def quality(config: Config, work: Path, reuse: Optional[Path] = None, population_seed: int = 0) -> dict:
+    data = dataset(work / "data", PopulationSpec(seed=population_seed))
+    central, central_payload = centralized(config, data, work)
     fed, payload = federated(config, data, work / PRE_MODEL, work / "federated", reuse)
     rounds_dir = reuse or work / "federated"
+    shots = payload.get("main_shots") or config.finetune.shots
     fed_pic, central_pic = fed["federated"]["acc1_5"], central["centralized"]["acc1_5"]
     generic = {"generic": central["generic"]["acc1_5"]["mean"],
                "federated_d_u_0": fed["federated-generic"]["acc1_5"]["mean"]}
@@ -208,22 +245,29 @@ def quality(config: Config, work: Path, reuse: Optional[Path] = None) -> dict:
     gain = 100 * (fed_pic["mean"] - max(generic.values()))
     communication = payload["communication"]
     rounds = read_rounds(rounds_dir / "rounds.jsonl")
+    targets = issue13_targets(central_payload, payload, shots)
     return {
-        "population": payload["users"], "shots": config.finetune.shots, "metric": "acc1_5",
+        "population": payload["users"], "population_seed": population_seed, "shots": shots, "metric": "acc1_5",
         "federated": fed_pic, "central_pic": central_pic, "central_prior_d_u_0": central["prior"]["acc1_5"],
+        "rows": {**{m: v["acc1_5"] for m, v in central.items()}, **{m: v["acc1_5"] for m, v in fed.items()}},
         "generic": generic, "new_devices": {m: v["acc1_5"] for m, v in fed.items() if m.endswith("new-devices")},
         "gap_to_central_points": gap, "gain_over_generic_points": gain,
-        "learning_curve": [{"round": r["round"], "personalized-acc1_5": (r.get("evaluate") or {}).get(
-            "personalized-acc1_5"), "generic-acc1_5": (r.get("evaluate") or {}).get("generic-acc1_5")}
-            for r in rounds if r.get("evaluate")],
+        "gains": {"centralized": central_payload.get("gains"), "federated": payload.get("gains")},
+        "evaluated": {"centralized": central_payload.get("evaluated"), "federated": payload.get("evaluated")},
+        "targets": targets, "all_targets_met": all(t["met"] for t in targets.values()),
+        "learning_curve": [{"round": r["round"], "eval_devices": r.get("eval_devices"),
+                            **{f"{v}-acc1_5": (r.get("evaluate") or {}).get(f"{v}-acc1_5")
+                               for v in ("personalized", "generic", "stored")}}
+                           for r in rounds if r.get("evaluate")],
         "communication": communication,
-        "timing": {"federated": payload["timing"], "centralized": read_results(work / RESULTS_FILE)[0]["timing"]},
+        "timing": {"federated": payload["timing"], "centralized": central_payload.get("timing")},
         "federated_run": str(rounds_dir),
         "federated_peak_rss_gb": payload["peak_rss_bytes"] / GB if payload["peak_rss_bytes"] else None,
         "pass": {"within_2_points_of_central": gap <= TARGETS["max_gap_to_central_points"],
                  "13_points_over_generic": gain >= TARGETS["min_gain_over_generic_points"],
                  "upload_at_most_25_percent": (communication["upload_fraction_of_fp32_model"] or 1.0)
-                 <= TARGETS["max_upload_fraction"]},
+                 <= TARGETS["max_upload_fraction"],
+                 **{name: t["met"] for name, t in targets.items()}},
     }
 
 
@@ -319,8 +363,11 @@ def scale_summary(runs: list[dict], target_devices: int = 1_000_000) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default="demo")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "fed")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "fed.json")
+    parser.add_argument("--population-seed", type=int, default=0,
+                        help="seed of the quality population (default 0, the demo population); another seed is a "
+                             "second population, with --work/--out defaulting to runs/bench/fed_seed<S>[.json]")
+    parser.add_argument("--work", type=Path, default=None, help="default runs/bench/fed[_seed<S>]")
+    parser.add_argument("--out", type=Path, default=None, help="default runs/bench/fed[_seed<S>].json")
     parser.add_argument("--skip-quality", action="store_true", help="keep --out's quality section, if any")
     parser.add_argument("--skip-scale", action="store_true", help="keep --out's scale section, if any")
     parser.add_argument("--federated-run", type=Path,
@@ -337,6 +384,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set threads=1 (repeatable)")
     args = parser.parse_args(argv)
+    tag = "" if args.population_seed == 0 else f"_seed{args.population_seed}"
+    args.work = args.work or ROOT / "runs" / "bench" / f"fed{tag}"
+    args.out = args.out or ROOT / "runs" / "bench" / f"fed{tag}.json"
     config = load_config(args.config, overrides={"progress": False, **parse_overrides(args.overrides)})
     args.work.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "fed", "config": str(args.config), "overrides": args.overrides, "targets": TARGETS,
@@ -345,7 +395,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report.update({part: earlier[part] for part in ("quality", "scale") if part in earlier})
     if not args.skip_quality:
-        report["quality"] = quality(config, args.work, args.federated_run)
+        report["quality"] = quality(config, args.work, args.federated_run, args.population_seed)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if not args.skip_scale:
@@ -359,6 +409,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k]["pass"] for k in ("quality", "scale") if k in report}, indent=2))
+    for name, target in (report.get("quality") or {}).get("targets", {}).items():
+        value = target["value"]
+        shown = "n/a" if value is None else f"{value:+.3f}" + (f" +- {target['ci95']:.3f}" if target["ci95"] else "")
+        print(f"target {name}: {shown} (needs {target['threshold']:+.2f}) -> {'met' if target['met'] else 'MISSED'}")
     return 0
 
 

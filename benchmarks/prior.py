@@ -14,7 +14,8 @@ test images after N-shot personalization with the protocol's fast path, config.f
   joint            centralized prior, prior.method joint (a d_u per user, trained with the shared part)
   episodic         centralized prior, prior.method episodic (pic_core.train.train_episodes)
   fed-joint        federated prior: FedAvg in process over client.local.train_round (the ClientApp's
-  fed-episodic     own training function), then client.local.refit_round on every device
+  fed-episodic     own training function), then client.local.refit_round on every device;
+                   the server step is FedAvgM's (--server-lr/--server-momentum, default the config's)
   *-du             the same prior personalized with d_u alone (finetune.head_lr = 0: <= embed_dim floats)
 
 For the federated methods the devices' stored states after the refit are scored too (`stored`).
@@ -83,32 +84,53 @@ def fedavg(results: list, keys: list[str], reference: dict) -> dict:
     return out
 
 
+def server_step(arrays: dict, averaged: dict, keys: list[str], momentum: dict, lr: float, beta: float) -> dict:
+    """Flower's FedAvgM server step: pseudo-gradient g = old - average, m = beta m + g, new = old - lr m
+    (lr 1, beta 0: plain FedAvg). `momentum` is updated in place. BatchNorm running statistics are
+    averaged plainly (with momentum their variances went negative: NaN scores, measured)."""
+    out = dict(averaged)
+    for key in keys:
+        if not np.issubdtype(arrays[key].dtype, np.floating) or ".running_" in key:
+            continue
+        grad = arrays[key].astype(np.float64) - averaged[key].astype(np.float64)
+        momentum[key] = beta * momentum[key] + grad if key in momentum and beta > 0 else grad
+        out[key] = (arrays[key].astype(np.float64) - lr * momentum[key]).astype(arrays[key].dtype)
+    return out
+
+
 def federate(pre_model: CropScorer, users: list, config: Config, data: Path, folder: Path, method: str,
-             device: torch.device) -> tuple[CropScorer, dict]:
-    """In-process FedAvg over the ClientApp's train_round, then refit_round on every device."""
+             device: torch.device, refit: bool = True, server_lr: float = 1.0,
+             server_momentum: float = 0.0) -> tuple[CropScorer, dict]:
+    """In-process FedAvg(M) over the ClientApp's train_round, then refit_round on every device."""
     config = replace(config, prior=replace(config.prior, method=method))
     fed = config.federation
     arrays = to_numpy(shared_state(pre_model))
     keys = [k for k in arrays if not k.startswith(("backbone.stage3.", "backbone.stage4.", "backbone.stage5."))]
     rng = np.random.default_rng(config.seed)
-    per_round = max(1, int(round(fed.fraction * len(users))))
+    per_round = fed.devices_per_round or max(1, int(round(fed.fraction * len(users))))
     settings = {u.user_id: NodeSettings(data, u.user_id, folder / u.user_id, device, 1) for u in users}
+    momentum: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     for server_round in range(1, fed.rounds + 1):
         results = []
-        for index in sorted(rng.choice(len(users), per_round, replace=False)):
+        for index in sorted(rng.choice(len(users), min(per_round, len(users)), replace=False)):
             user = users[index]
             model = copy.deepcopy(pre_model)
             load_shared(model, from_numpy(arrays))
             results.append(train_round(model, user, config, settings[user.user_id], server_round))
-        arrays = fedavg(results, keys, arrays)
+        arrays = server_step(arrays, fedavg(results, keys, arrays), keys, momentum, server_lr, server_momentum)
         log.info("%s round %d/%d: %.0fs", method, server_round, fed.rounds, time.perf_counter() - start)
     final = copy.deepcopy(pre_model)
     load_shared(final, from_numpy(arrays))
     train_seconds = time.perf_counter() - start
-    refit = [refit_round(copy.deepcopy(final), u, config, settings[u.user_id]) for u in users]
-    return final.eval(), {"train_seconds": train_seconds, "refit_seconds": time.perf_counter() - start - train_seconds,
-                          "refit_images_mean": float(np.mean([r["images"] for r in refit]))}
+    info = {"train_seconds": train_seconds, "rounds": fed.rounds, "devices_per_round": per_round,
+            "local_epochs": fed.local_epochs, "personal_epochs": fed.personal_epochs, "lr": fed.lr,
+            "server_lr": server_lr, "server_momentum": server_momentum}
+    if refit:
+        fits = [refit_round(copy.deepcopy(final), u, config, settings[u.user_id]) for u in users]
+        info.update({"refit_seconds": time.perf_counter() - start - train_seconds,
+                     "refit_images_mean": float(np.mean([r["images"] for r in fits]))})
+    return final.eval(), info
 
 
 def stored_result(model: CropScorer, users: list, folder: Path, cache: TapSampleCache, name: str) -> PopulationResult:
@@ -121,7 +143,7 @@ def stored_result(model: CropScorer, users: list, folder: Path, cache: TapSample
     return result
 
 
-def cached_pre_model(data: Path, users: list, config: Config, device: torch.device) -> CropScorer:
+def cached_pre_model(data: Path, users: list, config: Config, device: torch.device) -> tuple[CropScorer, Path]:
     """Stage pre on generic.csv (no test images), trained once per (model, pre, seed, data) and cached."""
     head_only = ("embed_dim", "preference_hidden")  # stage pre never trains the preference head
     model_key = {k: v for k, v in to_dict(config.model).items() if k not in head_only}
@@ -142,7 +164,14 @@ def cached_pre_model(data: Path, users: list, config: Config, device: torch.devi
         for name, value in cached.state_dict().items():
             if not name.startswith(("preference.", "prior_embedding")) and own[name].shape == value.shape:
                 own[name].copy_(value)
-    return model.to(device).eval()
+    return model.to(device).eval(), path
+
+
+def baseline_cache(pre_path: Path, config: Config, shots: int) -> Path:
+    """Where pre-finetune's per-user results for this pre model, head and fast path are kept."""
+    key = json.dumps({"pre": str(pre_path), "model": to_dict(config.model), "finetune": to_dict(config.finetune),
+                      "seed": config.seed, "shots": shots}, sort_keys=True)
+    return pre_path.with_name(f"{pre_path.stem}-baselines-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
 
 
 def main(argv=None) -> int:
@@ -155,29 +184,52 @@ def main(argv=None) -> int:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--no-du", action="store_true", help="skip the d_u-only variants")
+    parser.add_argument("--no-refit", action="store_true", help="federated: skip the refit and the stored rows")
+    parser.add_argument("--server-lr", type=float, help="federated: server learning rate (FedAvgM; default: the "
+                        "config's federation.strategy_args when its strategy is fedavgm, else 1)")
+    parser.add_argument("--server-momentum", type=float, help="federated: server momentum (FedAvgM; default as "
+                        "--server-lr, else 0)")
     parser.add_argument("--out", type=Path, help="JSON output (default runs/bench/prior-s<seed>.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     config = load_config(args.config, overrides={"progress": False, "device": "cpu",
                                                  **parse_overrides(args.overrides)})
+    server = config.federation.strategy_args if config.federation.strategy == "fedavgm" else {}
+    args.server_lr = server.get("server_learning_rate", 1.0) if args.server_lr is None else args.server_lr
+    args.server_momentum = server.get("server_momentum", 0.0) if args.server_momentum is None else args.server_momentum
+    if config.federation.strategy not in ("fedavg", "fedavgm"):
+        raise SystemExit(f"benchmarks/prior.py federates with FedAvg(M) only, not {config.federation.strategy}")
     data = demo_population(args.data, args.users, args.seed)
     device = configure_runtime(config)
     users = load_users(Dataset(data))
     timing: dict[str, float] = {}
     start = time.perf_counter()
-    pre_model = cached_pre_model(data, users, config, device)
+    pre_model, pre_path = cached_pre_model(data, users, config, device)
     timing["pre"] = time.perf_counter() - start
     cache = TapSampleCache(pre_model, None, device)  # frozen backbone: one pass per image for every method
     du_config = replace(config, finetune=replace(config.finetune, head_lr=0.0))
     results: dict[str, PopulationResult] = {}
     extra: dict[str, dict] = {}
 
+    baselines = baseline_cache(pre_path, config, args.shots)
+    stored_baselines = json.loads(baselines.read_text()) if baselines.is_file() else {}
+
     def personalize(name: str, model: CropScorer) -> None:
         t0 = time.perf_counter()
-        results[name] = evaluate_users(model, users, config, args.shots, method=name, cache=cache, device=device)
+        cached = name in ("pre-finetune",) and name in stored_baselines
+        if cached:  # the same pre model, head and fast path: its per-user results are reused
+            results[name] = PopulationResult.from_dict(stored_baselines[name])
+        else:
+            results[name] = evaluate_users(model, users, config, args.shots, method=name, cache=cache, device=device)
         if not args.no_du:
-            results[f"{name}-du"] = evaluate_users(model, users, du_config, args.shots, method=f"{name}-du",
-                                                   cache=cache, device=device)
+            if cached and f"{name}-du" in stored_baselines:
+                results[f"{name}-du"] = PopulationResult.from_dict(stored_baselines[f"{name}-du"])
+            else:
+                results[f"{name}-du"] = evaluate_users(model, users, du_config, args.shots, method=f"{name}-du",
+                                                       cache=cache, device=device)
+        if name == "pre-finetune":
+            stored_baselines.update({k: results[k].to_json() for k in (name, f"{name}-du") if k in results})
+            write_json(baselines, stored_baselines)
         timing[f"{name}_eval"] = time.perf_counter() - t0
         for key in (name, f"{name}-du"):
             if key in results:
@@ -205,9 +257,12 @@ def main(argv=None) -> int:
             folder = Path(tempfile.mkdtemp(prefix=f"fedpic-prior-{method}-"))
             try:
                 set_seed(config.seed)
-                model, extra[name] = federate(pre_model, users, config, data, folder, method, device)
+                model, extra[name] = federate(pre_model, users, config, data, folder, method, device,
+                                              refit=not args.no_refit, server_lr=args.server_lr,
+                                              server_momentum=args.server_momentum)
                 personalize(name, model)
-                results[f"{name}-stored"] = stored_result(model, users, folder, cache, f"{name}-stored")
+                if not args.no_refit:
+                    results[f"{name}-stored"] = stored_result(model, users, folder, cache, f"{name}-stored")
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
     timing["total"] = time.perf_counter() - start

@@ -21,8 +21,8 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from pic_core.config import Config, ModelConfig, from_dict
-from pic_core.exchange import ARRAYS, CONFIG, FEDPIC_CONFIG, METRICS, NUM_EXAMPLES, REFIT_ACTION, encode_update, \
-    encoding_for, upload_keys
+from pic_core.exchange import ARRAYS, CONFIG, FEDPIC_CONFIG, METRICS, NUM_EXAMPLES, REFIT_ACTION, all_finite, \
+    encode_update, encoding_for, upload_keys
 from pic_core.model import CropScorer
 from pic_core.params import from_numpy, load_shared
 
@@ -44,6 +44,17 @@ def received_arrays(message: Message) -> dict[str, np.ndarray]:
     return {key: array.numpy() for key, array in message.content[ARRAYS].items()}
 
 
+def global_arrays(message: Message) -> dict[str, np.ndarray]:
+    """The server's weights, refused when any is NaN/inf: training on them would overwrite the
+    device's d_u (and then its backup) with NaN. The error goes back to the server as the reply;
+    nothing on the device's disk is touched."""
+    arrays = received_arrays(message)
+    if not all_finite(arrays):
+        bad = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all())
+        raise ValueError(f"the server sent non-finite global weights ({bad}); this device refuses the round")
+    return arrays
+
+
 def build_model(config: Config, arrays: Mapping[str, np.ndarray], settings: NodeSettings) -> CropScorer:
     """The server's model: its architecture from the config, its SHARED weights from the message."""
     model_config = from_dict(ModelConfig, {**vars(config.model), "backbone_weights": None}, "model")
@@ -60,8 +71,8 @@ def _settings(context: Context, config: Config, bound: Mapping[str, Any]) -> Nod
 
 def handle_train(message: Message, context: Context, bound: Mapping[str, Any]) -> Message:
     config = message_config(message)
+    received = global_arrays(message)
     settings = _settings(context, config, bound)
-    received = received_arrays(message)
     model = build_model(config, received, settings)
     user = settings.dataset.user(settings.user_id)
     server_round = int(message.content[CONFIG].get("server-round", 0))
@@ -78,7 +89,7 @@ def handle_train(message: Message, context: Context, bound: Mapping[str, Any]) -
 def handle_evaluate(message: Message, context: Context, bound: Mapping[str, Any]) -> Message:
     config = message_config(message)
     settings = _settings(context, config, bound)
-    model = build_model(config, received_arrays(message), settings)
+    model = build_model(config, global_arrays(message), settings)
     user = settings.dataset.user(settings.user_id)
     metrics = evaluate_round(model, user, config, settings)
     content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: len(user.split("test")), **metrics})})
@@ -88,7 +99,7 @@ def handle_evaluate(message: Message, context: Context, bound: Mapping[str, Any]
 def handle_refit(message: Message, context: Context, bound: Mapping[str, Any]) -> Message:
     config = message_config(message)
     settings = _settings(context, config, bound)
-    model = build_model(config, received_arrays(message), settings)
+    model = build_model(config, global_arrays(message), settings)
     metrics = refit_round(model, settings.dataset.user(settings.user_id), config, settings)
     content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: int(metrics.pop("images")), **metrics})})
     return Message(content, reply_to=message)

@@ -6,6 +6,10 @@ only `partition-id`: it becomes the partition-id-th user of the dataset in the r
 `data-dir` (sorted user ids, the first `federation.population` of them), with its state in
 `<state-dir>/<user id>/`. Node config wins over run config. The state folder is keyed by
 the user id, never by the run, so d_u survives rounds, runs and restarts.
+
+The run config comes from the server: a real device (no partition-id) takes its folders
+from its own node config only, so a server cannot point it at other files. Only a simulated
+node, where the server and the devices are one process tree, reads them from the run config.
 """
 from __future__ import annotations
 
@@ -62,18 +66,21 @@ def simulated_user(data_dir: Path, partition_id: int, population: Optional[int])
 def node_settings(node_config: Mapping[str, Any], run_config: Mapping[str, Any],
                   population: Optional[int] = None) -> NodeSettings:
     """Resolve a device's settings (see the module docstring for the keys)."""
-    data_dir = _get("data-dir", node_config, run_config)
+    folders = run_config if PARTITION_ID in node_config else {}  # a real device: its node config only
+    data_dir = _get("data-dir", node_config, folders)
     if not data_dir:
-        raise NodeConfigError("no data-dir in the node config or the run config: the device has no data")
+        raise NodeConfigError("no data-dir in the node config" + (" or the run config" if folders else "")
+                              + ": the device has no data")
     data_dir = Path(str(data_dir)).expanduser()
     user_id = _get("user-id", node_config, {})
     if user_id is None:
         if PARTITION_ID not in node_config:
             raise NodeConfigError("node config has neither user-id nor partition-id")
         user_id = simulated_user(data_dir, int(node_config[PARTITION_ID]), population)
-    state_root = _get("state-dir", node_config, run_config)
+    state_root = _get("state-dir", node_config, folders)
     if not state_root:
-        raise NodeConfigError("no state-dir in the node config or the run config: nowhere to keep d_u")
+        raise NodeConfigError("no state-dir in the node config" + (" or the run config" if folders else "")
+                              + ": nowhere to keep d_u")
     state_dir = Path(str(state_root)).expanduser() / str(user_id)
     device = resolve_device(str(_get("device", node_config, run_config, "auto")))
     threads = int(_get("threads", node_config, run_config, 0))

@@ -53,7 +53,7 @@ class PersonalStateStore:
         with warnings.catch_warnings():
             # the shared model changes every round; the fingerprint warning is expected here
             warnings.simplefilter("ignore")
-            meta = load_user_state(self.path, model)
+            meta = load_user_state(self.path, model, strict=False)
         if meta.get("user_id") != self.user_id:
             raise CheckpointError(f"{self.path}: state of user {meta.get('user_id')!r}, this device is "
                                   f"{self.user_id!r}")

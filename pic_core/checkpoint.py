@@ -69,6 +69,13 @@ def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_finite(path: PathLike, tensors: Mapping[str, Any], what: str) -> None:
+    """A file whose weights hold NaN/inf would crop with NaN scores: refuse it, naming a tensor."""
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: {what} {key} holds non-finite values (NaN/inf)")
+
+
 def save_model(path: PathLike, model: CropScorer, run_config: Optional[dict] = None, stage: str = "",
                extra: Optional[dict] = None) -> Path:
     """Write a model file with the SHARED weights only."""
@@ -100,6 +107,17 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tupl
         raise CheckpointError(f"{path}: {exc}") from None
     if config.backbone not in BACKBONES:
         raise CheckpointError(f"{path}: model_config.backbone {config.backbone!r} is not one of {', '.join(BACKBONES)}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no state_dict in the model file")
+    check_finite(path, state, "weight")
+    try:
+        fingerprint = state_fingerprint(state)
+    except (AttributeError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: state_dict holds a non-tensor ({exc})") from None
+    if payload.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{path}: stored fingerprint {payload.get('fingerprint')!r} does not match its "
+                              f"weights ({fingerprint}): the file was altered or damaged")
     config.backbone_weights = None  # the trained weights are in this file
     model = CropScorer(config, load_pretrained=False)
     try:
@@ -111,7 +129,9 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tupl
 
 
 def save_user_state(path: PathLike, model: CropScorer, user_id: str, extra: Optional[dict] = None) -> Path:
-    """Write one user's PERSONAL tensors and the fingerprint of the model they were fitted on."""
+    """Write one user's PERSONAL tensors and the fingerprint of the model they were fitted on.
+    Non-finite tensors are refused before anything is written (the previous file stays)."""
+    check_finite(path, personal_state(model), "personal tensor")
     payload = {
         "format": USER_STATE_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -147,9 +167,14 @@ def _optional_parts(path: PathLike, model: CropScorer, personal: dict) -> dict:
     return personal
 
 
-def load_user_state(path: PathLike, model: CropScorer) -> dict:
-    """Load a user state into `model`; warns when it was fitted on a different shared model."""
+def load_user_state(path: PathLike, model: CropScorer, strict: bool = True) -> dict:
+    """Load a user state into `model`. A state fitted on a different shared model is an error
+    (its d_u means nothing there) unless `strict` is False (a device between rounds, or a
+    personalization that starts from an older state: then a warning)."""
     payload = read_payload(path, USER_STATE_FORMAT)
+    if not isinstance(payload.get("personal"), dict):
+        raise CheckpointError(f"{path}: no personal tensors in the user state")
+    check_finite(path, payload["personal"], "personal tensor")
     if payload.get("embed_dim") != model.config.embed_dim:
         raise CheckpointError(f"{path}: user state has embed_dim {payload.get('embed_dim')}, "
                               f"the model has {model.config.embed_dim}")
@@ -159,6 +184,9 @@ def load_user_state(path: PathLike, model: CropScorer) -> dict:
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if payload.get("model_fingerprint") != state_fingerprint(shared_state(model)):
-        warnings.warn(f"{path}: this user state was fitted on a different shared model; "
-                      "re-run `fedpic personalize` for best results", stacklevel=2)
+        message = (f"{path}: this user state was fitted on a different shared model; "
+                   "re-run `fedpic personalize` with this model")
+        if strict:
+            raise CheckpointError(message)
+        warnings.warn(message, stacklevel=2)
     return {k: v for k, v in payload.items() if k != "personal"}

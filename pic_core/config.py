@@ -24,6 +24,29 @@ class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message names the field."""
 
 
+Scalar = Union[bool, int, float, str, None]
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a bigger one is a mistake or an attack
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors/aliases: an alias bomb (a few lines expanding to billions of
+    nodes when the config is copied or serialized) fails at its first alias."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001  (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a fedpic config",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse config YAML: no aliases, at most MAX_CONFIG_BYTES (yaml.YAMLError / ConfigError)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config text of {len(text)} characters (at most {MAX_CONFIG_BYTES})")
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "efficientnet_lite0"  # efficientnet_lite0 | mobilenet_v2 (docs/models.md)
@@ -98,8 +121,8 @@ class FederationConfig:
     eval_devices: int = 0  # > 0: devices evaluated per evaluation round; 0: use eval_fraction
     eval_fraction: float = 1.0
     min_replies: int = 1  # fewer valid updates than this: the round keeps the previous model
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum (Flower's classes)
-    strategy_args: dict[str, Any] = field(default_factory=dict)  # extra arguments of that class, e.g. {eta: 0.01}
+    strategy: str = "fedavg"  # fedavg | fedavgm | fedprox | fedadam | fedmedian | fedtrimmedavg | krum (Flower's classes)
+    strategy_args: dict[str, Scalar] = field(default_factory=dict)  # that class's extra arguments (scalars), e.g. {eta: 0.01}
     local_epochs: int = 1  # epochs over the device's prior images for the shared part
     personal_epochs: int = 5  # epochs of d_u (+ personal head) before the shared part
     lr: float = 1.0e-3  # device Adam lr for the shared part
@@ -109,7 +132,8 @@ class FederationConfig:
     fp16: bool = True  # upload float16 deltas instead of float32 weights
     freeze_backbone: bool = True  # keep the backbone taps from pre fixed; upload the heads only
     cache_features: bool = True  # with a frozen backbone, keep its outputs on the device's disk
-    max_update_norm: Optional[float] = None  # reject updates whose L2 norm exceeds this
+    max_update_norm: Optional[float] = 50.0  # reject updates whose L2 norm exceeds this (null: no bound);
+    # honest medians measured 0.6 (demo) to 5 (fed benchmark, round 1): docs/security.md
     outlier_factor: float = 10.0  # reject updates above factor x the round's median norm (0: off)
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     dp_clipping_norm: Optional[float] = None  # > 0: Flower's client-side fixed-clipping DP (needs fp16 and
@@ -124,6 +148,20 @@ class FederationConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Which evaluations the reports run (simulations/evaluation.py, docs/evaluation.md).
+
+    Every method is scored on the whole population at its main N (finetune.shots, or the
+    --shots of `fedpic baselines`); the accuracy-against-N curve adds the other `shots` on a
+    sample of `curve_users` users (evenly spaced over the sorted ids), which keeps it cheap.
+    """
+
+    shots: list[int] = field(default_factory=lambda: [1, 3, 5, 10])  # N of the accuracy-against-N curve
+    curve_users: int = 10  # users the curve is measured on (0: every user)
+    du_only: bool = True  # also score the d_u-only rows (personal state = d_u alone, no head offsets)
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -134,9 +172,10 @@ class Config:
     prior: PriorConfig = field(default_factory=PriorConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
@@ -182,7 +221,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
+        inner = (typing.get_args(tp) or (str, Any))[1]
+        if inner is Any:
+            return dict(value)
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: keys must be strings, got {key!r}")
+            if isinstance(item, (dict, list, tuple)):
+                raise ConfigError(f"{where}.{key}: expected a single value (number, string, true/false), "
+                                  f"got a {type(item).__name__}")
+            out[key] = _coerce(item, inner, f"{where}.{key}")
+        return out
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is Any:
@@ -268,7 +318,10 @@ def parse_overrides(items: Sequence[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = safe_yaml(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: {getattr(exc, 'problem', exc)}") from None
     return out
 
 
@@ -285,7 +338,9 @@ def load_config(path: Optional[Union[str, Path]] = None, cls: type = Config, ove
         except UnicodeDecodeError as exc:  # found by tests/test_fuzz_readers.py
             raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = safe_yaml(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark is not None else ""

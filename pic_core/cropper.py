@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from .candidates import CANDIDATE_SETS, fixed_ratio_candidates, free_candidates
-from .checkpoint import load_model, load_user_state
+from .checkpoint import CheckpointError, load_model, load_user_state
 from .data.images import load_image, to_network_input
 from .export import compile_cached
-from .exported import is_exported_file, load_program, read_export_meta
+from .exported import PROGRAM_SUFFIX, is_exported_file, load_program, read_export_meta
 from .geometry import (ASPECT_LIMITS, aspect_anchors, grid_anchors, parse_aspect, resized_size, to_original,
                        to_resized)
 from .inference import MIN_INPUT_SIDE, Backend, ScoringModule
@@ -113,14 +113,26 @@ class Cropper:
 
     @classmethod
     def load(cls, model_path: Union[str, Path], user_state: Optional[Union[str, Path]] = None,
-             device: str = "auto", profile: Union[str, Profile] = "default") -> "Cropper":
-        """A model file from training, or an exported program from `fedpic export` (detected)."""
+             device: str = "auto", profile: Union[str, Profile] = "default",
+             allow_compiled: bool = False) -> "Cropper":
+        """A model file from training, or a program from `fedpic export`.
+
+        A program can run native code (its AOTInductor library), so it loads only from a file
+        named `*.pt2` and only with `allow_compiled` (the user's explicit opt-in); the kind is
+        never chosen by sniffing the content. A model file holding a program is an error.
+        """
         torch_device = resolve_device(device)
-        if is_exported_file(model_path):
+        if Path(model_path).suffix.lower() == PROGRAM_SUFFIX:
+            if not allow_compiled:
+                raise CheckpointError(f"{model_path}: a compiled program ({PROGRAM_SUFFIX}) can run native code; "
+                                      "load it only if you trust its author, with --allow-compiled")
             if user_state is not None:
                 raise ValueError(f"{model_path}: an exported model has its user state built in; "
                                  "give --user-state to `fedpic export` instead")
             return load_exported(model_path, torch_device)
+        if is_exported_file(model_path):  # only to explain the refusal: nothing inside is loaded
+            raise CheckpointError(f"{model_path}: holds a compiled program, not a model file; programs load only "
+                                  f"from a {PROGRAM_SUFFIX} file with --allow-compiled")
         model, _ = load_model(model_path, torch_device)
         if user_state is not None:
             load_user_state(user_state, model)

@@ -23,6 +23,7 @@ log = logging.getLogger("fedpic")
 EXPORT_META = "fedpic_export.json"
 EXPORT_FORMAT = "fedpic-exported"
 EXPORT_VERSION = 1
+PROGRAM_SUFFIX = ".pt2"  # the only name a program loads from: never recognised by content
 MAX_SIDE = 8192
 MAX_BOXES = 16384
 
@@ -48,11 +49,18 @@ def is_exported_file(path: PathLike) -> bool:
 def read_export_meta(path: PathLike) -> dict:
     """The JSON description inside an exported file (without loading the program)."""
     path = Path(path)
-    with zipfile.ZipFile(path) as archive:
-        name = next((n for n in archive.namelist() if n.endswith(f"/extra/{EXPORT_META}")), None)
-        if name is None:
-            raise ExportError(f"{path}: not written by `fedpic export` (no {EXPORT_META} inside)")
-        meta = json.loads(archive.read(name))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{EXPORT_META}")), None)
+            if name is None:
+                raise ExportError(f"{path}: not written by `fedpic export` (no {EXPORT_META} inside)")
+            meta = json.loads(archive.read(name))
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        if isinstance(exc, ExportError):
+            raise
+        raise ExportError(f"{path}: not a readable program archive ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise ExportError(f"{path}: {EXPORT_META} is not a JSON object")
     if meta.get("format") != EXPORT_FORMAT or meta.get("format_version") != EXPORT_VERSION:
         raise ExportError(f"{path}: not a {EXPORT_FORMAT} v{EXPORT_VERSION} file (found {meta.get('format')} "
                           f"v{meta.get('format_version')})")
@@ -96,6 +104,8 @@ def load_program(path: PathLike, device: Union[str, torch.device] = "cpu") -> Lo
     exported program (the device's fedpic op must be built when the program uses it). Inputs
     stay contiguous NCHW, the layout the program was traced with."""
     path = Path(path)
+    if path.suffix.lower() != PROGRAM_SUFFIX:
+        raise ExportError(f"{path}: programs load only from a {PROGRAM_SUFFIX} file the user names")
     meta = read_export_meta(path)
     device = torch.device(device)
     who = f"user {meta['user_id']}" if meta.get("personal") else "generic"

@@ -154,3 +154,22 @@ def gains(better: PopulationResult, base: PopulationResult, key: str = "acc1_5")
             for u in better.per_user if u in base.per_user
             and math.isfinite(better.per_user[u].get(key, math.nan))
             and math.isfinite(base.per_user[u].get(key, math.nan))}
+
+
+def paired_gain(better: PopulationResult, base: PopulationResult, key: str = "acc1_5") -> Optional[dict]:
+    """better - base paired over the users both scored: mean, 95% CI half-width and bounds, and how
+    many users gain / tie / lose; None when they share no user."""
+    diffs = list(gains(better, base, key).values())
+    if not diffs:
+        return None
+    mean, half = mean_ci(diffs)
+    low, high = (mean - half, mean + half) if math.isfinite(half) else (math.nan, math.nan)
+    return {"mean": mean, "ci95": half, "low": low, "high": high, "users": len(diffs),
+            "better": sum(d > 0 for d in diffs), "same": sum(d == 0 for d in diffs),
+            "worse": sum(d < 0 for d in diffs)}
+
+
+def restrict(result: PopulationResult, users: Sequence[str]) -> PopulationResult:
+    """The same result over the given users only (those it scored)."""
+    keep = set(users)
+    return PopulationResult(result.method, result.shots, {u: m for u, m in result.per_user.items() if u in keep})

@@ -222,7 +222,7 @@ class Federation:
             log.warning("round %d: %d of %d sampled devices sent no reply within %.0fs", server_round,
                         len(messages) - len(replies), len(messages), self.fed.round_timeout)
         screening = screen_replies(replies, received, self.encoding, self.fed.max_update_norm,
-                                   self.fed.outlier_factor)
+                                   self.fed.outlier_factor, self.fed.max_images)
         aggregated, train_metrics = False, {}
         if len(screening.accepted) >= max(1, self.fed.min_replies):
             new_arrays, metrics = self.strategy.aggregate_train(server_round, screening.accepted)
@@ -245,6 +245,7 @@ class Federation:
             "upload_bytes_max": int(max(uploads)) if uploads else None,
             "download_bytes": payload_bytes(received),
             "update_norm_median": float(np.median(screening.norms)) if screening.norms else None,
+            "update_norm_max": float(max(screening.norms)) if screening.norms else None,
             **({"pool_users": pool_users} if pool_users is not None else {}),
             **self._privacy(server_round),
         }

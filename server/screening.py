@@ -3,10 +3,16 @@
 A reply is rejected, and counted, when it is malformed (no single ArrayRecord/MetricRecord,
 keys or shapes that do not fit the model, a PERSONAL key, no positive num-examples),
 non-finite (NaN/inf anywhere in the update or its metrics), or a norm outlier (L2 distance
-from the round's global model above `max_update_norm`, or above `outlier_factor` times the
-median distance of the round's replies when there are at least three). Accepted replies
-are rewritten in place to carry full fp32 weights, so Flower's strategies aggregate plain
-weights whatever the transport encoding was.
+from the round's global model above `max_update_norm`, an absolute bound that holds whatever
+the number of replies, or above `outlier_factor` times the median distance of the round's
+replies when there are at least three, times the smaller one when there are two). Accepted
+replies are rewritten in place to carry full fp32 weights, so Flower's strategies aggregate
+plain weights whatever the transport encoding was.
+
+The example count a reply claims is the FedAvg weight, and the server cannot check it: each
+accepted claim is capped at `max_examples` (when set) and at the lower median of the round's
+accepted claims, so no device weighs more than a typical honest one (with two replies: no
+more than the other). A liar can only lower weights, which at worst makes the average plain.
 """
 from __future__ import annotations
 
@@ -34,10 +40,12 @@ class Screening:
     outliers: int = 0
     upload_bytes: list[int] = field(default_factory=list)  # array payload of every content reply
     norms: list[float] = field(default_factory=list)  # update norms of the accepted replies
+    capped: int = 0  # accepted replies whose claimed example count was lowered
 
     def counts(self) -> dict[str, int]:
         return {"accepted": len(self.accepted), "failures": self.failures, "rejected_malformed": self.malformed,
-                "rejected_nonfinite": self.nonfinite, "rejected_norm": self.outliers}
+                "rejected_nonfinite": self.nonfinite, "rejected_norm": self.outliers,
+                "capped_examples": self.capped}
 
 
 def _single(records: Mapping, what: str) -> object:
@@ -51,8 +59,33 @@ def _metrics_ok(metrics: MetricRecord) -> bool:
     return all(math.isfinite(float(v)) for v in values)
 
 
+def _reference_norm(norms: list[float]) -> Optional[float]:
+    """What `outlier_factor` multiplies: the median of >= 3 norms, the smaller of 2, none for 1."""
+    if len(norms) >= 3:
+        return float(np.median(norms))
+    return min(norms) if len(norms) == 2 else None
+
+
+def cap_examples(accepted: list[Message], max_examples: Optional[int]) -> int:
+    """Cap each reply's claimed example count (see the module docstring); how many were lowered."""
+    claims = [float(r.content[METRICS][NUM_EXAMPLES]) for r in accepted]
+    if not claims:
+        return 0
+    cap = sorted(claims)[(len(claims) - 1) // 2]  # lower median
+    if max_examples:
+        cap = min(cap, float(max_examples))
+    capped = 0
+    for reply, claim in zip(accepted, claims):
+        if claim > cap:
+            capped += 1
+            log.warning("device %s claimed %g examples; weighted as %g", reply.metadata.src_node_id, claim, cap)
+            reply.content[METRICS][NUM_EXAMPLES] = int(cap) if float(cap).is_integer() else cap
+    return capped
+
+
 def screen_replies(replies: Iterable[Message], received: Mapping[str, np.ndarray], encoding: str,
-                   max_update_norm: Optional[float], outlier_factor: float) -> Screening:
+                   max_update_norm: Optional[float], outlier_factor: float,
+                   max_examples: Optional[int] = None) -> Screening:
     """Validate, decode and filter one round's training replies (see the module docstring)."""
     result = Screening()
     candidates: list[tuple[Message, dict[str, np.ndarray], MetricRecord, float]] = []
@@ -80,17 +113,19 @@ def screen_replies(replies: Iterable[Message], received: Mapping[str, np.ndarray
             log.warning("rejected the update of device %s: non-finite values", source)
             continue
         candidates.append((reply, full, metrics, update_norm(full, received)))
-    median = float(np.median([c[3] for c in candidates])) if candidates else 0.0
+    reference = _reference_norm([c[3] for c in candidates])
     for reply, full, metrics, norm in candidates:
         too_far = max_update_norm is not None and norm > max_update_norm
-        outlier = outlier_factor > 0 and len(candidates) >= 3 and norm > outlier_factor * max(median, 1e-12)
+        outlier = outlier_factor > 0 and reference is not None and norm > outlier_factor * max(reference, 1e-12)
         if too_far or outlier:
             result.outliers += 1
-            log.warning("rejected the update of device %s: norm %.4g (median %.4g)", reply.metadata.src_node_id,
-                        norm, median)
+            log.warning("rejected the update of device %s: norm %.4g (bound %s, reference %s)",
+                        reply.metadata.src_node_id, norm, max_update_norm,
+                        "none" if reference is None else f"{reference:.4g}")
             continue
         reply.content = RecordDict({ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in full.items()}),
                                     METRICS: metrics})
         result.accepted.append(reply)
         result.norms.append(norm)
+    result.capped = cap_examples(result.accepted, max_examples)
     return result

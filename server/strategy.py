@@ -1,28 +1,52 @@
 """The aggregation strategy, picked by name from the config: Flower's own classes, configured.
 
-fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg and krum map to flwr.serverapp.strategy;
+fedavg, fedavgm, fedprox, fedadam, fedmedian, fedtrimmedavg and krum map to flwr.serverapp.strategy;
 `federation.dp_clipping_norm` wraps the result in Flower's client-side fixed-clipping DP.
 Sampling comes from the federation section (devices per round or a fraction of the
 population); `federation.strategy_args` passes the class's own arguments (proximal_mu,
 eta, beta_1, tau, beta...), checked against its signature. The server state a strategy
-carries between rounds (FedAdam's moments) is exported for the checkpoint and restored.
+carries between rounds (FedAdam's moments, FedAvgM's momentum) is exported for the checkpoint and restored.
 """
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedMedian, \
-    FedProx, FedTrimmedAvg, Krum, Strategy
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedAvgM, \
+    FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
 from pic_core.config import ConfigError, FederationConfig
 from pic_core.exchange import ARRAYS, CONFIG, NUM_EXAMPLES
 
+class FedAvgMStats(FedAvgM):
+    """Flower's FedAvgM with BatchNorm running statistics (and counters) averaged plainly: server
+    momentum on them drove running variances negative and the scores to NaN (benchmarks/prior.py)."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        plain, _ = FedAvg.aggregate_train(self, server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None or plain is None:
+            return arrays, metrics
+        out = ArrayRecord({k: plain[k] if is_running_statistic(k) else arrays[k] for k in arrays})
+        if self.server_opt:
+            self.current_arrays = out
+        return out, metrics
+
+
+def is_running_statistic(key: str) -> bool:
+    """BatchNorm buffers: running mean/variance and the batch counter (averaged, never extrapolated)."""
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
 STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
+    "fedavgm": FedAvgMStats,  # server lr and momentum on the averaged update (benchmarks/RESULTS.md)
     "fedprox": FedProx,
     "fedadam": FedAdam,
     "fedmedian": FedMedian,
@@ -43,8 +67,8 @@ RESERVED = ("fraction_train", "fraction_evaluate", "min_train_nodes", "min_evalu
             "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn")
 """Arguments fedpic sets itself (from the federation section); not allowed in strategy_args."""
 
-STATE_ATTRIBUTES = ("m_t", "v_t")
-"""Server optimizer state of the FedOpt family (first and second moments)."""
+STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector")
+"""Server optimizer state: the FedOpt family's moments (dicts), FedAvgM's momentum (a list)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +159,8 @@ def strategy_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:
     state = {}
     for name in STATE_ATTRIBUTES:
         value = getattr(strategy, name, None)
+        if isinstance(value, list):  # FedAvgM: one array per key, in the order of the model's arrays
+            value = {f"{i:06d}": v for i, v in enumerate(value)}
         if value:
             state[name] = {k: np.array(v, copy=True) for k, v in value.items()}
     return state
@@ -144,4 +170,7 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, dict[str, np.nda
     for name, value in state.items():
         if name not in STATE_ATTRIBUTES or not hasattr(strategy, name):
             raise ValueError(f"checkpoint has strategy state {name!r} that {type(strategy).__name__} does not keep")
-        setattr(strategy, name, {k: np.asarray(v) for k, v in value.items()})
+        if name == "momentum_vector":
+            setattr(strategy, name, [np.asarray(value[k]) for k in sorted(value)])
+        else:
+            setattr(strategy, name, {k: np.asarray(v) for k, v in value.items()})

@@ -2,9 +2,10 @@
 
 Kinds: "scale" multiplies the device's update (trained minus received weights) by `factor`
 (a boosted model-replacement attack), "nan" fills every floating array with NaN (a broken or
-malicious device). The mod sits outside the ClientApp, so the device trains honestly and the
-poison is applied to what it sends, whatever the transport encoding: with delta16 the reply
-is the update itself, with plain weights it is rewritten as received + factor * update.
+malicious device), "liar" sends its update sign-flipped (an honest-looking norm) and claims
+1e9 examples, so plain FedAvg would follow it alone. The mod sits outside the ClientApp, so
+the device trains honestly and the poison is applied to what it sends, whatever the transport
+encoding: with delta16 the reply is the update itself, with plain weights it is rewritten as received + factor * update.
 Devices are picked by the simulation's partition-id.
 """
 from __future__ import annotations
@@ -17,9 +18,10 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from client.app import message_config, received_arrays
-from pic_core.exchange import ARRAYS, encoding_for
+from pic_core.exchange import ARRAYS, METRICS, NUM_EXAMPLES, encoding_for
 
-KINDS = ("scale", "nan")
+KINDS = ("scale", "nan", "liar")
+LIAR_EXAMPLES = 1_000_000_000
 
 
 def poison(update: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray], encoding: str, kind: str,
@@ -31,6 +33,8 @@ def poison(update: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray],
             out[key] = value
         elif kind == "nan":
             out[key] = np.full_like(value, np.nan)
+        elif kind == "liar":
+            out[key] = poison({key: value}, received, encoding, "scale", -1.0)[key]
         elif encoding == "delta16":
             out[key] = (value.astype(np.float32) * factor).astype(value.dtype)
         else:
@@ -55,6 +59,8 @@ def attack_mod(attackers: Mapping[int, str], factor: float = 100.0) -> Mod:
         update = {k: a.numpy() for k, a in reply.content[ARRAYS].items()}
         poisoned = poison(update, received_arrays(message), encoding, kind, factor)
         reply.content[ARRAYS] = ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in poisoned.items()})
+        if kind == "liar":
+            reply.content[METRICS][NUM_EXAMPLES] = LIAR_EXAMPLES
         return reply
 
     return mod

@@ -6,9 +6,12 @@ says which model each method scores with:
 
   generic      the pre-stage model: objective score only (its subjective branch is never
                trained in the pre stage, so e_0 = d_u = 0)
+  pre-finetune the pre-stage model personalized by the same few-shot path (the honest baseline;
+               pre-finetune-du: personal state d_u alone); see simulations/evaluation.py
   prior        the prior-stage model with d_u = 0: the population prior, not personalized
   local        a fresh CropScorer trained from scratch on the user's N shots alone (full model)
   centralized  centralized PIC: pre -> prior -> finetune d_u on the user's N shots
+               (centralized-du: d_u alone, no crop-head offsets)
   oracle       the user's own scores: the ceiling (1.0 on every accuracy)
 
 No stage trains on a test image: the pre stage drops generic.csv rows of test images, the
@@ -34,15 +37,12 @@ from pic_core.samples import SampleCache
 from pic_core.runtime import set_seed
 from pic_core.train import TrainLog, pretrain, run_epochs, train_prior
 
+from .evaluation import ROW_LABELS, objective_only  # noqa: F401  (objective_only: re-exported)
+
 log = logging.getLogger("fedpic.baselines")
 
-METHODS = {
-    "generic": "generic (pre stage, objective only)",
-    "prior": "population prior (d_u = 0)",
-    "local": "local-only (from scratch on N shots)",
-    "centralized": "centralized PIC (pre -> prior -> finetune)",
-    "oracle": "oracle (the user's own scores)",
-}
+METHODS = {m: ROW_LABELS[m] for m in ("generic", "pre-finetune", "pre-finetune-du", "prior", "local",
+                                     "centralized", "centralized-du", "oracle")}
 """Method ids written into results files, and their labels in reports."""
 
 PersonalHook = Callable[[UserData, CropScorer], None]
@@ -95,15 +95,6 @@ def train_prior_model(pre_model: CropScorer, users: Sequence[UserData], config: 
     model = copy.deepcopy(pre_model)
     train_log, _ = train_prior(model, pools, config, cache, device)
     return model, train_log
-
-
-def objective_only(model: CropScorer) -> CropScorer:
-    """A copy that scores with the objective head alone: e_0 = 0 and d_u = 0 cancel the subjective term."""
-    generic = copy.deepcopy(model)
-    with torch.no_grad():
-        generic.prior_embedding.zero_()
-    generic.personal.reset()
-    return generic.eval()
 
 
 def evaluate_generic(pre_model: CropScorer, users: Sequence[UserData], config: Config, shots: int,

@@ -1,9 +1,10 @@
 """The centralized experiment: every baseline on one dataset, written into a run folder.
 
-    RUN_DIR/pre.pt            the pre-stage model (method `generic`)
-    RUN_DIR/prior.pt          the prior-stage model (methods `prior`, `centralized`)
+    RUN_DIR/pre.pt            the pre-stage model (methods `generic`, `pre-finetune`, `pre-finetune-du`)
+    RUN_DIR/prior.pt          the prior-stage model (methods `prior`, `centralized`, `centralized-du`)
     RUN_DIR/user_states/n<N>/<user>.pt   each user's fitted d_u for N shots (finetune mode fast)
-    RUN_DIR/results.json      format "fedpic-results" (docs/formats.md): every method x shots
+    RUN_DIR/results.json      format "fedpic-results" (docs/formats.md): every method x shots, with
+                              main_shots, evaluated (the users of each row) and gains (paired)
     RUN_DIR/gallery.json      crop picks for the report's galleries
 
 `fedpic report RUN_DIR` turns the folder into report.md with plots and galleries.
@@ -15,8 +16,6 @@ import logging
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
-
-from tqdm.auto import tqdm
 
 from pic_core import __version__
 from pic_core.checkpoint import save_model, save_user_state
@@ -30,9 +29,9 @@ from pic_core.samples import SampleCache
 from pic_core.runtime import configure_runtime
 from pic_core.train import TrainLog
 
-from .baselines import (METHODS, LocalOnlySettings, evaluate_centralized, evaluate_generic, evaluate_local_only,
-                        evaluate_oracle, evaluate_prior, load_users, objective_only, relabel, train_generic,
-                        train_prior_model)
+from .baselines import METHODS, LocalOnlySettings, load_users, train_generic, train_local_only, train_prior_model
+from .evaluation import (check_settings, evaluate_rows, objective_only, oracle_row, per_user_row, pre_rows,
+                         row_label, shared_rows)
 from .gallery import GALLERY_FILE, GalleryRecorder, plan_gallery, user_families
 from .paths import recorded_paths, resolve_recorded
 
@@ -52,7 +51,7 @@ def results_payload(results: Sequence[PopulationResult], *, kind: str, data_dir:
     payload = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "fedpic_version": __version__,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "kind": kind, "data": str(data_dir),
                "config": to_dict(config) if config is not None else None,
-               "methods": {m: METHODS.get(m, m) for m in dict.fromkeys(r.method for r in results)},
+               "methods": {m: row_label(m) for m in dict.fromkeys(r.method for r in results)},
                "results": [r.as_dict() for r in results]}
     payload.update(extra or {})
     return json_safe(payload)
@@ -102,10 +101,10 @@ def population_info(data_dir: Path) -> Optional[dict]:
 def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[str, Path],
                     shots: Sequence[int] = (5, 10), local: Optional[LocalOnlySettings] = None,
                     methods: Sequence[str] = tuple(METHODS), gallery_users: int = 4) -> dict:
-    """Train pre and prior once, evaluate every method for every N in `shots`; returns the payload.
+    """Train pre and prior once, evaluate every method for every N in `shots` on every user, and
+    the other N of evaluation.shots on the curve sample (simulations/evaluation.py); returns the payload.
 
-    `methods` picks a subset of generic/prior/local/centralized/oracle (local-only is the
-    slowest: one model from scratch per user and N).
+    `methods` picks a subset of METHODS (local-only is the slowest: one model from scratch per user and N).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -113,6 +112,7 @@ def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[s
     shots = [int(n) for n in shots]
     if not shots or any(n < 1 for n in shots):
         raise ValueError(f"shots must be positive integers, got {shots}")
+    check_settings(config)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = configure_runtime(config)
@@ -133,47 +133,42 @@ def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[s
 
     pre_model = stage("pre", lambda: train_generic(dataset, users, config, cache, device), PRE_MODEL)
     prior_model: Optional[CropScorer] = None
-    if {"prior", "centralized"} & set(methods):
+    if {"prior", "centralized", "centralized-du"} & set(methods):
         prior_model = stage("prior", lambda: train_prior_model(pre_model, users, config, cache, device), PRIOR_MODEL)
 
     families = user_families(data_dir)
     recorder = GalleryRecorder(plan_gallery(users, data_dir, gallery_users), data_dir, device)
     recorder.add_generic(objective_only(pre_model))
-    results: list[PopulationResult] = []
-    once: dict[str, PopulationResult] = {}  # methods whose figures do not depend on N
-    for n in tqdm(shots, desc="shots", disable=not config.progress):
-        for method in methods:
-            start = time.perf_counter()
-            if method == "generic":
-                once.setdefault(method, evaluate_generic(pre_model, users, config, n, cache, device))
-                result = relabel(once[method], n)
-            elif method == "prior":
-                once.setdefault(method, evaluate_prior(prior_model, users, config, n, cache, device))
-                result = relabel(once[method], n)
-            elif method == "centralized":
-                hooks = [_state_saver(out_dir / USER_STATES / f"n{n}", config)]
-                if n == shots[0]:
-                    hooks.append(recorder)
-                result = evaluate_centralized(prior_model, users, config, n, cache, device, on_user=_chain(hooks))
-            elif method == "local":
-                result = evaluate_local_only(users, config, n, cache, local, device)
-            else:
-                result = evaluate_oracle(users, n)
-            timing[f"{method}_n{n}_seconds"] = time.perf_counter() - start
-            results.append(result)
-            stats = result.summary(("acc1_5",)).get("acc1_5", {})
-            log.info("N=%d %-12s acc1_5 %.3f +- %.3f (%d users, %.1fs)", n, method, stats.get("mean", float("nan")),
-                     stats.get("ci95", float("nan")), stats.get("users", 0), timing[f"{method}_n{n}_seconds"])
+    rows = pre_rows(pre_model, config, cache, device, methods=methods)
+    if prior_model is not None:
+        rows += shared_rows(prior_model, "centralized", config, cache, device, methods=methods)
+    if "local" in methods:
+        settings = local or LocalOnlySettings()
+        rows.append(per_user_row("local", lambda u, n: train_local_only(u, n, config, settings, cache, device),
+                                 config, cache, device))
+    if "oracle" in methods:
+        rows.append(oracle_row())
+    order = list(METHODS)
+    rows.sort(key=lambda r: order.index(r.method))
+    gallery_method = "centralized" if "centralized" in methods else "generic"
 
+    def hook_for(method: str, n: int) -> Optional[Callable[[UserData, CropScorer], None]]:
+        if method != "centralized" or n not in shots:
+            return None
+        hooks = [_state_saver(out_dir / USER_STATES / f"n{n}", config)]
+        return _chain(hooks + [recorder] if n == shots[0] else hooks)
+
+    evaluation = evaluate_rows(rows, users, config, shots, hook_for=hook_for)
+    timing.update(evaluation.timing)
     extra = {"shots": shots, "users": len(users), "population": population_info(data_dir),
              "local_only": vars(local or LocalOnlySettings()), "timing": timing, "train": logs,
+             **evaluation.extra(),
              "files": {"pre_model": PRE_MODEL, "prior_model": PRIOR_MODEL if prior_model is not None else None,
                        "user_states": USER_STATES if config.finetune.mode == "fast" else None,
                        "gallery": GALLERY_FILE}}
-    payload = results_payload(results, kind="centralized", data_dir=data_dir, config=config, extra=extra)
+    payload = results_payload(evaluation.results, kind="centralized", data_dir=data_dir, config=config, extra=extra)
     write_results(out_dir / RESULTS_FILE, payload)
-    recorder.write(out_dir / GALLERY_FILE, "centralized" if "centralized" in methods else "generic", shots[0],
-                   families)
+    recorder.write(out_dir / GALLERY_FILE, gallery_method, shots[0], families)
     log.info("wrote %s", out_dir / RESULTS_FILE)
     return payload
 

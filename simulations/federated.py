@@ -10,10 +10,12 @@ ClientApp are the same objects `flwr run .` loads, with the run config bound her
   checkpoint.pt  SHARED weights + round + strategy state, for --resume
   model.pt       the final model: a normal fedpic model file
   devices/<u>/   each simulated device's own disk: personal.pt (d_u), taps cache
-  results.json   the population evaluation of model.pt (evaluation protocol) and run facts
+  results.json   the population evaluation of model.pt (simulations/evaluation.py: every row on the
+                 same users, the accuracy-against-N curve, paired gains) and run facts
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from contextlib import contextmanager
@@ -21,9 +23,10 @@ import os
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -34,12 +37,14 @@ from flwr.simulation.run_simulation import _run_simulation
 
 from client.app import make_client_app
 from client.pool import pool_node_defaults
+from client.state_store import STATE_FILE, PersonalStateStore
 from pic_core.checkpoint import load_model, save_model
 from pic_core.config import Config, ConfigError, to_dict
 from pic_core.data import DataError
 from pic_core.data.dataset import Dataset
+from pic_core.data.records import UserData
+from pic_core.model import CropScorer
 from pic_core.privacy import privacy_spent
-from pic_core.protocol import PopulationResult, evaluate_users
 from pic_core.samples import SampleCache
 from pic_core.runtime import configure_runtime
 from server.app import make_server_app
@@ -48,7 +53,8 @@ from server.loop import MODEL_FILE
 from server.round_log import LOG_FILE, read_rounds
 from server.sampling import pool_nodes, use_device_pool
 
-from .baselines import evaluate_generic, load_users, objective_only, train_generic
+from .baselines import load_users, train_generic
+from .evaluation import ROW_LABELS, Evaluation, evaluate_rows, objective_only, per_user_row, pre_rows, shared_rows
 from .experiment import RESULTS_FILE, population_info, results_payload
 from .experiment import write_results as write_payload
 from .gallery import GALLERY_FILE, GalleryRecorder, plan_gallery, user_families
@@ -60,8 +66,7 @@ DEVICES_DIR = "devices"
 LOOPBACK = "127.0.0.1"
 HOLDOUT_SUFFIX = "-new-devices"
 FEDERATED_METHODS = {
-    "federated": "federated PIC (prior trained with Flower, then finetune)",
-    "federated-generic": "federated prior (d_u = 0)",
+    **{m: ROW_LABELS[m] for m in ("federated", "federated-generic", "federated-du", "federated-stored")},
     "federated-new-devices": "federated PIC on devices never seen in training",
     "federated-generic-new-devices": "federated prior (d_u = 0) on devices never seen in training",
     "generic-new-devices": "generic (pre stage) on devices never seen in training",
@@ -218,10 +223,22 @@ def run_federated(plan: SimulationPlan, client_mods: Sequence[Mod] = ()) -> floa
     return seconds
 
 
-def evaluate_population(plan: SimulationPlan, users: Sequence[str], suffix: str = "") -> list[PopulationResult]:
-    """The evaluation protocol on model.pt, per user: `federated-generic` (d_u = 0) and `federated`
-    (few-shot personalized), plus `generic` (the pre model's objective score) when the run started
-    from a pre-stage model. `suffix` tells held-out users' rows apart."""
+def stored_state_model(model: CropScorer, folder: Path) -> Callable[[UserData, int], CropScorer]:
+    """build(user, N) for the `federated-stored` row: the model with the personal.pt the user's device
+    keeps in folder/<user>/ (d_u = 0 when it never trained); N plays no part."""
+    def build(user: UserData, _shots: int) -> CropScorer:
+        scorer = copy.deepcopy(model)
+        PersonalStateStore(folder / user.user_id, user.user_id).load(scorer)
+        return scorer.eval()
+    return build
+
+
+def evaluate_population(plan: SimulationPlan, users: Sequence[str], suffix: str = "") -> Evaluation:
+    """The rows of simulations/evaluation.py on model.pt, the same users for every row:
+    `federated-generic` (d_u = 0), `federated` (few-shot personalized), `federated-du` (d_u alone),
+    `federated-stored` (each device's personal.pt), and when the run started from a pre-stage model
+    `generic`, `pre-finetune`, `pre-finetune-du`. The main N is finetune.shots; the population (not
+    held-out users) also gets the accuracy-against-N curve. `suffix` tells held-out users' rows apart."""
     config = plan.config
     device = configure_runtime(config)
     model, _ = load_model(plan.out_dir / MODEL_FILE, device)
@@ -229,23 +246,31 @@ def evaluate_population(plan: SimulationPlan, users: Sequence[str], suffix: str 
     data = [dataset.user(uid) for uid in users]
     shots = config.finetune.shots
     cache = SampleCache(model.config.short_side)
-    results = []
+    du = config.evaluation.du_only
     recorder = GalleryRecorder(plan_gallery(data, plan.data_dir), plan.data_dir, device) if not suffix else None
+    rows = []
     if plan.init_model is not None:
         start, meta = load_model(plan.init_model, device)
         if meta.get("stage") == "pre":
-            generic = evaluate_generic(start, data, config, shots, cache, device)
-            generic.method = f"generic{suffix}"
-            results.append(generic)
+            rows += pre_rows(start, config, cache, device, du=du)
             if recorder is not None:
                 recorder.add_generic(objective_only(start))
-    results.append(evaluate_users(model, data, config, shots, method=f"federated-generic{suffix}", cache=cache,
-                                  personalize=False, device=device))
-    results.append(evaluate_users(model, data, config, shots, method=f"federated{suffix}", cache=cache,
-                                  device=device, on_user=recorder))
+    rows += shared_rows(model, "federated", config, cache, device, du=du)
+    rows.append(per_user_row("federated-stored", stored_state_model(model, plan.out_dir / DEVICES_DIR), config,
+                             cache, device, per_shot=False))
+
+    def hook_for(method: str, n: int):
+        return recorder if method == "federated" and n == shots else None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a stored state fitted before the last round: expected, measured here
+        evaluation = evaluate_rows(rows, data, config, [shots], curve=not suffix, suffix=suffix,
+                                   sample="holdout" if suffix else "population", hook_for=hook_for)
+    stored = sum((plan.out_dir / DEVICES_DIR / u / STATE_FILE).is_file() for u in users)
+    evaluation.evaluated["samples"]["holdout" if suffix else "population"]["stored_states"] = stored
     if recorder is not None:
         recorder.write(plan.out_dir / GALLERY_FILE, "federated", shots, user_families(plan.data_dir))
-    return results
+    return evaluation
 
 
 def communication_summary(rounds: Sequence[dict]) -> dict:
@@ -270,10 +295,12 @@ def privacy_summary(config: Config, rounds: Sequence[dict]) -> Optional[dict]:
     return spent.as_dict() if spent else None
 
 
-def write_results(plan: SimulationPlan, timing: dict, results: Sequence[PopulationResult]) -> Path:
+def write_results(plan: SimulationPlan, timing: dict, evaluation: Optional[Evaluation] = None) -> Path:
     """results.json in the "fedpic-results" format (docs/formats.md) with the federated run's facts."""
     rounds = read_rounds(plan.out_dir / LOG_FILE)
-    extra = {
+    evaluation = evaluation or Evaluation(main_shots=plan.config.finetune.shots)
+    results = evaluation.results
+    extra = {**evaluation.extra(),
         "shots": [plan.config.finetune.shots], "users": len(plan.users), "population_users": plan.users,
         "holdout_users": plan.holdout, "population": population_info(plan.data_dir),
         "rounds_completed": max((int(r["round"]) for r in rounds), default=0),

@@ -26,12 +26,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pic_core.data.images import load_image  # noqa: E402
-from pic_core.metrics import mean_ci  # noqa: E402
-from pic_core.protocol import RESULT_KEYS, PopulationResult, gains  # noqa: E402
+from pic_core.protocol import RESULT_KEYS, PopulationResult, gains, paired_gain, restrict  # noqa: E402
 from pic_core.visualize import save_rgb  # noqa: E402
 from server.round_log import read_rounds  # noqa: E402
 
-from .baselines import METHODS  # noqa: E402
+from .evaluation import row_label, short_label  # noqa: E402
 from .gallery import GALLERY_FILE, draw_sheet, user_families  # noqa: E402
 from .paths import resolve_recorded  # noqa: E402
 
@@ -43,9 +42,10 @@ ROUNDS_FILE = "rounds.jsonl"
 RESULTS_GLOBS = ("results.json", "*/results.json")
 TABLE_KEYS = ("acc1_5", "acc_5", "wacc_5", "acc1_10", "acc_10", "srcc")
 GAIN_KEY = "acc1_5"
-METHOD_ORDER = ("generic", "prior", "local", "federated-generic", "centralized", "federated", "oracle")
-EXTRA_LABELS = {"federated": "federated PIC (prior trained with Flower, then finetune)",
-                "federated-generic": "federated prior (d_u = 0)"}
+METHOD_ORDER = ("generic", "pre-finetune-du", "pre-finetune", "prior", "federated-generic", "local",
+                "centralized-du", "centralized", "federated-du", "federated-stored", "federated", "oracle")
+PAIRED_BASE = "pre-finetune"
+"""The honest baseline: the pre model personalized by the same few-shot path (simulations/evaluation.py)."""
 
 
 @dataclass
@@ -74,7 +74,40 @@ class RunContents:
 
 
 def method_label(method: str) -> str:
-    return METHODS.get(method) or EXTRA_LABELS.get(method) or method
+    return row_label(method)
+
+
+def curve_users(run: RunContents) -> Optional[list[str]]:
+    """The users the accuracy-against-N curve was measured on (a results file's
+    evaluated.samples["population-curve"]), or None when no file names one."""
+    for payload in run.payloads.values():
+        samples = (payload.get("evaluated") or {}).get("samples") or {}
+        users = (samples.get("population-curve") or {}).get("users")
+        if isinstance(users, list) and users:
+            return [str(u) for u in users]
+    return None
+
+
+def curve_result(run: RunContents, method: str, shots: int) -> Optional[PopulationResult]:
+    """A method's result at N on the curve sample (all its users when the run names no sample)."""
+    result = run.get(method, shots)
+    sample = curve_users(run)
+    if result is None or sample is None:
+        return result
+    result = restrict(result, sample)
+    return result if result.per_user else None
+
+
+def sample_note(run: RunContents) -> str:
+    """Which users each figure uses, in one sentence."""
+    sample = curve_users(run)
+    if not sample:
+        return "Every N is measured on every user."
+    main = sorted({p.get("main_shots") for p in run.payloads.values() if isinstance(p.get("main_shots"), int)})
+    everyone = max((len(r.per_user) for r in run.results.values()), default=0)
+    return (f"N = {', '.join(map(str, main)) or '?'} is measured on every user ({everyone}); the other N and the "
+            f"curves against N on the curve sample of {len(sample)} users ({', '.join(sample[:12])}"
+            f"{', ...' if len(sample) > 12 else ''}): the `users` column says which.")
 
 
 def _population_results(node: Any, where: str) -> Iterator[tuple[str, PopulationResult]]:
@@ -165,28 +198,21 @@ def gain_base(run: RunContents, shots: int) -> Optional[str]:
     return next((m for m in run.methods if m.endswith("generic") and run.get(m, shots)), None)
 
 
-def paired_gain(better: PopulationResult, base: PopulationResult, key: str = GAIN_KEY) -> Optional[dict]:
-    """Mean per-user difference with its 95% CI, and how many users gain / tie / lose."""
-    diffs = list(gains(better, base, key).values())
-    if not diffs:
-        return None
-    mean, half = mean_ci(diffs)
-    return {"mean": mean, "ci95": half, "users": len(diffs), "better": sum(d > 0 for d in diffs),
-            "same": sum(d == 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
-
-
-def gain_table(run: RunContents, key: str = GAIN_KEY) -> list[str]:
+def gain_table(run: RunContents, key: str = GAIN_KEY, base_method: Optional[str] = None) -> list[str]:
+    """Paired per-user gains over `base_method` (default: gain_base, the generic score) at each N."""
     lines = [f"| method | N | base | gain in {key} (paired, ± 95% CI) | users better / same / worse |",
              "| --- | --- | --- | --- | --- |"]
     for n in run.shots:
-        base = gain_base(run, n)
-        if base is None:
+        base = base_method if base_method is not None else gain_base(run, n)
+        if base is None or run.get(base, n) is None:
             continue
         for method in run.methods:
             result = run.get(method, n)
-            stats = paired_gain(result, run.get(base, n), key) if result and method != base else None
+            stats = (paired_gain(result, run.get(base, n), key) if result and method != base
+                     and method != "oracle" else None)
             if stats:
-                lines.append(f"| {method} | {n} | {base} | {stats['mean']:+.3f} ± {stats['ci95']:.3f} | "
+                half = f"{stats['ci95']:.3f}" if math.isfinite(stats["ci95"]) else "n/a"
+                lines.append(f"| {method} | {n} | {base} | {stats['mean']:+.3f} ± {half} | "
                              f"{stats['better']} / {stats['same']} / {stats['worse']} |")
     return lines if len(lines) > 2 else []
 
@@ -270,28 +296,67 @@ def plot_gain_histograms(run: RunContents, path: Path, key: str = GAIN_KEY) -> O
 
 
 def plot_accuracy_vs_shots(run: RunContents, path: Path, key: str = GAIN_KEY) -> Optional[Path]:
-    """Mean `key` with 95% CI error bars against N, one line per method."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    """Mean `key` with 95% CI error bars against N, one line per method, every point on the curve sample."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
     drawn = 0
     for method in run.methods:
-        points = [(n, run.get(method, n).summary((key,)).get(key)) for n in run.shots if run.get(method, n)]
+        points = [(n, curve_result(run, method, n)) for n in run.shots]
+        points = [(n, r.summary((key,)).get(key)) for n, r in points if r is not None]
         points = [(n, s) for n, s in points if s]
         if not points:
             continue
         xs = [n for n, _ in points]
         ax.errorbar(xs, [s["mean"] for _, s in points],
                     yerr=[s["ci95"] if math.isfinite(s["ci95"]) else 0.0 for _, s in points],
-                    marker="o", capsize=3, label=method, linestyle="--" if method == "oracle" else "-")
+                    marker="o", capsize=3, label=short_label(method),
+                    linestyle="--" if method == "oracle" or len(xs) == 1 else "-")
         drawn += 1
     if not drawn:
         plt.close(fig)
         return None
+    sample = curve_users(run)
     ax.set_xticks(run.shots)
     ax.set_xlabel("N (few-shot images per user)")
-    ax.set_ylabel(f"{key} (mean over users, 95% CI)")
+    ax.set_ylabel(f"{key} on unseen test photos (mean, 95% CI)")
+    ax.set_title(f"accuracy against N ({len(sample)} curve users)" if sample else "accuracy against N (all users)",
+                 fontsize=10)
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)
+
+
+def plot_gain_vs_shots(run: RunContents, path: Path, base: str = PAIRED_BASE, key: str = GAIN_KEY) -> Optional[Path]:
+    """Paired per-user gain over `base` against N (mean, 95% CI), one line per method, curve sample."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    drawn = 0
+    for method in run.methods:
+        if method in (base, "oracle"):
+            continue
+        points = []
+        for n in run.shots:
+            better, worse = curve_result(run, method, n), curve_result(run, base, n)
+            stats = paired_gain(better, worse, key) if better is not None and worse is not None else None
+            if stats:
+                points.append((n, stats))
+        if not points:
+            continue
+        ax.errorbar([n for n, _ in points], [s["mean"] for _, s in points],
+                    yerr=[s["ci95"] if math.isfinite(s["ci95"]) else 0.0 for _, s in points],
+                    marker="o", capsize=3, label=short_label(method))
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    sample = curve_users(run)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(run.shots)
+    ax.set_xlabel("N (few-shot images per user)")
+    ax.set_ylabel(f"{key} gain over {short_label(base)} (paired, 95% CI)")
+    ax.set_title(f"gain over {short_label(base)} ({len(sample)} curve users)" if sample
+                 else f"gain over {short_label(base)} (all users)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
@@ -336,17 +401,46 @@ def curve_groups(records: Sequence[dict], max_panels: int = 3) -> dict[str, dict
     return groups
 
 
+CURVE_LABELS = {"generic": "federated prior (d_u = 0)",
+                "personalized": "N-shot personalized (fitted at each evaluation)",
+                "stored": "stored device state (personal.pt)",
+                "loss-shared": "shared part (device mean)", "loss-personal": "personal part (device mean)"}
+"""Readable names of round-log series (the last dotted part, before '-<metric>' for metrics)."""
+
+
+def curve_label(key: str, metric: str) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    variant = leaf[: -len(metric) - 1] if metric != "training loss" and leaf.endswith("-" + metric) else leaf
+    return CURVE_LABELS.get(variant, variant or leaf)
+
+
+def eval_sample_text(records: Sequence[dict]) -> str:
+    """The devices behind the evaluation points, e.g. '10 devices per evaluation round'."""
+    counts = sorted({int(r["eval_devices"]) for r in records if r.get("evaluate") and r.get("eval_devices")})
+    if not counts:
+        return "evaluation devices not recorded"
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{span} devices per evaluation round, drawn afresh each round"
+
+
 def plot_learning_curves(records: Sequence[dict], path: Path, title: str, max_lines: int = 8) -> Optional[Path]:
     groups = curve_groups(records)
     if not groups:
         return None
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    sample = eval_sample_text(records)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.4), squeeze=False)
     for ax, (name, series) in zip(axes[0], groups.items()):
         for key in sorted(series)[:max_lines]:
             points = sorted(series[key])
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=key)
-        ax.set_title(f"{title}: {name}")
-        ax.set_xlabel("round")
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=curve_label(key, name))
+        if name == "training loss":
+            ax.set_title(f"{title}\ntraining loss (sampled devices)", fontsize=9)
+            ax.set_ylabel("loss (mean over the round's devices)")
+        else:
+            ax.set_title(f"{title}\n{name} on test photos ({sample})", fontsize=9)
+            ax.set_ylabel(f"{name} (device-weighted mean)")
+        ax.set_xlabel("federated round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -409,6 +503,8 @@ def targets_section(run: RunContents) -> list[str]:
                     value = target.get("value")
                     shown = (str(value) if isinstance(value, int) else f"{value:+.3f}" if isinstance(value, float)
                              else "-")
+                    if isinstance(value, float) and isinstance(target.get("ci95"), float):
+                        shown += f" ± {target['ci95']:.3f}"
                     lines.append(f"| {name}: {target.get('description', '')} | {shown} | "
                                  f"{'yes' if target.get('met') else 'no'} |")
             lines.append("")
@@ -429,7 +525,13 @@ def build_report(run_dir: Path) -> Path:
     lines += population_section(_population(run, data_dir))
     if run.results:
         lines += ["## Results", "", "Methods: " + "; ".join(f"`{m}` {method_label(m)}" for m in run.methods) + ".", ""]
+        lines += [sample_note(run), ""]
         lines += results_table(run) + [""]
+        paired = gain_table(run, base_method=PAIRED_BASE)
+        if paired:
+            lines += [f"### Gain over {PAIRED_BASE} (the pre model personalized by the same few-shot path)", "",
+                      ("Paired per user at the same N on the users both rows scored; a CI above 0 means the "
+                      "prior (and its federation) adds to what a device does alone."), ""] + paired + [""]
         gain_lines = gain_table(run)
         if gain_lines:
             lines += ["### Gain over generic", ""] + gain_lines + [""]
@@ -438,7 +540,11 @@ def build_report(run_dir: Path) -> Path:
             n = 5 if 5 in run.shots else run.shots[0]
             lines += [f"### {GAIN_KEY} by taste family (N = {n})", ""] + family_table(run, families, n) + [""]
         lines += targets_section(run)
-        for title, path in (("Accuracy against N", plot_accuracy_vs_shots(run, figures / "accuracy_vs_shots.png")),
+        sample = curve_users(run)
+        where = f" (the {len(sample)} curve users)" if sample else ""
+        for title, path in ((f"Accuracy against N{where}", plot_accuracy_vs_shots(run, figures / "accuracy_vs_shots.png")),
+                            (f"Gain over {PAIRED_BASE} against N{where}",
+                             plot_gain_vs_shots(run, figures / "gain_vs_shots.png")),
                             ("Per-user gain", plot_gain_histograms(run, figures / "gain_histogram.png"))):
             if path:
                 lines += [f"### {title}", "", f"![{title}]({path.relative_to(run.run_dir)})", ""]
@@ -448,7 +554,9 @@ def build_report(run_dir: Path) -> Path:
         path = plot_learning_curves(records, figures / f"learning_curves_{name}.png", rel)
         if path:
             lines += [f"## Learning curves (`{rel}`, {len(records)} rounds)", "",
-                      f"![learning curves]({path.relative_to(run.run_dir)})", ""]
+                      (f"Evaluation points: {eval_sample_text(records)} (federation.eval_fraction / eval_devices), "
+                      "so points of different rounds come from different devices; the population figures above "
+                      "use every device."), "", f"![learning curves]({path.relative_to(run.run_dir)})", ""]
     sheets = write_galleries(run, figures, data_dir)
     if sheets:
         lines += ["## Crop galleries", "", ("Each tile is the same photo: the generic model's best crop (yellow), "

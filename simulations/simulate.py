@@ -48,18 +48,25 @@ def run(plan: SimulationPlan, evaluate: bool = True, client_mods: Sequence = ())
     log.info("federation: %d devices (%d held out), %d rounds of %s", len(plan.users), len(plan.holdout),
              plan.config.federation.rounds, plan.config.federation.strategy)
     timing["federated_seconds"] = run_federated(plan, client_mods)
-    results = []
+    evaluation = None
     if evaluate:
         start = time.perf_counter()
-        results = evaluate_population(plan, plan.users)
+        evaluation = evaluate_population(plan, plan.users)
         if plan.holdout:
-            results += evaluate_population(plan, plan.holdout, HOLDOUT_SUFFIX)
+            evaluation.merge(evaluate_population(plan, plan.holdout, HOLDOUT_SUFFIX))
         timing["evaluate_seconds"] = time.perf_counter() - start
-    path = write_results(plan, timing, results)
-    for result in results:
+    path = write_results(plan, timing, evaluation)
+    main = plan.config.finetune.shots
+    for result in (evaluation.results if evaluation else []):
         stats = result.summary(("acc1_5",)).get("acc1_5", {})
-        print(f"{result.method:>30}: acc1_5 {stats.get('mean', float('nan')):.3f} "
-              f"+- {stats.get('ci95', float('nan')):.3f} over {stats.get('users', 0)} users")
+        if result.shots == main:
+            print(f"{result.method:>30}: acc1_5 {stats.get('mean', float('nan')):.3f} "
+                  f"+- {stats.get('ci95', float('nan')):.3f} over {stats.get('users', 0)} users (N = {main})")
+    for base, entries in (evaluation.gains if evaluation else {}).items():
+        for key, stats in entries.items():
+            if key.endswith(f"@{main}") and stats.get("ci95") is not None:
+                print(f"{key.split('@')[0] + ' - ' + base:>40}: {stats['mean']:+.3f} +- {stats['ci95']:.3f} "
+                      f"paired over {stats['users']} users")
     log.info("wrote %s", path)
     return path
 

@@ -17,7 +17,7 @@ from pic_core.params import load_personal, personal_state
 from pic_core.protocol import PopulationResult, personalize_user, pretrain_sets
 from pic_core.samples import SampleCache
 from pic_core.train import cached_crop_features, predict
-from simulations.baselines import (LocalOnlySettings, evaluate_oracle, load_users, objective_only,
+from simulations.baselines import (METHODS, LocalOnlySettings, evaluate_oracle, load_users, objective_only,
                                    train_generic, train_local_only, train_prior_model)
 from simulations.experiment import RESULTS_FILE, read_results, results_payload, run_centralized, write_results
 
@@ -53,7 +53,7 @@ def test_centralized_run_is_deterministic(population, tiny_config, tmp_path):
     second = run_centralized(population, config, tmp_path / "b", shots=(1, 2), local=local)
     assert _comparable(first) == _comparable(second)
     methods = {(r["method"], r["shots"]) for r in first["results"]}
-    assert methods == {(m, n) for m in ("generic", "prior", "local", "centralized", "oracle") for n in (1, 2)}
+    assert methods == {(m, n) for m in METHODS for n in (1, 2)}
     for name in ("pre.pt", "prior.pt", "gallery.json", RESULTS_FILE, "user_states/n1/u000.pt"):
         assert (tmp_path / "a" / name).is_file(), name
     # the results file on disk is strict JSON and reads back to the same per-user figures

@@ -34,8 +34,10 @@ def test_user_state_round_trip_and_model_mismatch_warning(tmp_path):
         model.personal.delta.copy_(torch.arange(4.0))
     save_user_state(tmp_path / "u.pt", model, "alice")
     other = CropScorer(TINY)
+    with pytest.raises(CheckpointError, match="different shared model"):
+        load_user_state(tmp_path / "u.pt", other)
     with pytest.warns(UserWarning, match="different shared model"):
-        meta = load_user_state(tmp_path / "u.pt", other)
+        meta = load_user_state(tmp_path / "u.pt", other, strict=False)
     assert meta["user_id"] == "alice"
     torch.testing.assert_close(other.personal.delta.detach(), torch.arange(4.0))
 

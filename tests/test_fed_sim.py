@@ -84,13 +84,25 @@ def test_results_are_fedpic_results_that_the_report_renders(fed_run):
 
     payload, results = read_results(fed_run["results"])
     assert payload["kind"] == "federated" and payload["rounds_completed"] == 2
-    assert {(r.method, len(r.per_user)) for r in results} == {
-        ("generic", 3), ("federated-generic", 3), ("federated", 3),
-        ("generic-new-devices", 1), ("federated-generic-new-devices", 1), ("federated-new-devices", 1)}
+    rows = ("generic", "pre-finetune", "pre-finetune-du", "federated-generic", "federated", "federated-du",
+            "federated-stored")
+    main_shots = payload["main_shots"]
+    assert {(r.method, len(r.per_user)) for r in results if r.shots == main_shots} == {
+        *((m, 3) for m in rows), *((f"{m}-new-devices", 1) for m in rows)}
+    # the accuracy-against-N curve: tiny's evaluation.shots [1, 2] on 2 of the 3 federated users
+    curve = payload["evaluated"]["samples"]["population-curve"]
+    assert curve["shots"] == [1, 2, main_shots] and len(curve["users"]) == 2
+    assert {(r.method, r.shots, len(r.per_user)) for r in results if r.shots != main_shots} == {
+        (m, n, 2) for m in rows for n in (1, 2)}
+    assert payload["evaluated"]["samples"]["population"]["stored_states"] == 3
+    gain = payload["gains"]["pre-finetune"][f"federated@{main_shots}"]
+    assert gain["users"] == 3 and payload["gains"]["generic-new-devices"][f"federated-new-devices@{main_shots}"]
     assert 0 < payload["communication"]["upload_fraction_of_fp32_model"] < 0.5
     text = build_report(fed_run["out"]).read_text()
     (shots,) = payload["shots"]
     assert f"| federated | {shots} |" in text and f"| federated-generic | {shots} |" in text
+    assert f"| federated | {shots} | pre-finetune |" in text  # the paired gain over the honest baseline
+    assert (fed_run["out"] / "figures" / "gain_vs_shots.png").is_file()
     assert "## Learning curves (`rounds.jsonl`, 3 rounds)" in text
     gallery = json.loads((fed_run["out"] / "gallery.json").read_text())
     assert gallery["method"] == "federated" and gallery["sheets"]

@@ -33,7 +33,7 @@ from pic_core.train import cached_crop_features, train_personal, train_shared
 from server.checkpoint import ServerState, load_server_state, save_server_state
 from server.round_log import RoundLog, read_rounds
 from server.screening import screen_replies
-from server.strategy import build_strategy, restore_strategy_state, sampling, strategy_state
+from server.strategy import FedAvgMStats, build_strategy, restore_strategy_state, sampling, strategy_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def test_screening_rejects_nonfinite_outliers_and_malformed_and_counts_them(mode
                 _reply(good[3], {NUM_EXAMPLES: 6, "loss": float("inf")}, 14)]
     result = screen_replies(replies, received, "delta16", max_update_norm=None, outlier_factor=10.0)
     assert result.counts() == {"accepted": 4, "failures": 0, "rejected_malformed": 2, "rejected_nonfinite": 2,
-                               "rejected_norm": 1}
+                               "rejected_norm": 1, "capped_examples": 0}
     accepted = result.accepted[0].content[ARRAYS]
     assert set(accepted.keys()) == set(received)  # rewritten to full weights
     assert accepted["prior_embedding"].numpy().dtype == np.float32
@@ -140,7 +140,7 @@ def test_screening_rejects_nonfinite_outliers_and_malformed_and_counts_them(mode
     assert tight.counts()["rejected_norm"] == 4 and not tight.accepted
 
 
-@pytest.mark.parametrize("name,cls", [("fedavg", FedAvg), ("fedprox", FedProx), ("fedadam", FedAdam),
+@pytest.mark.parametrize("name,cls", [("fedavg", FedAvg), ("fedavgm", FedAvgMStats), ("fedprox", FedProx), ("fedadam", FedAdam),
                                       ("fedmedian", FedMedian), ("fedtrimmedavg", FedTrimmedAvg)])
 def test_strategies_are_flowers_classes_with_fedpic_sampling(tiny_config, name, cls):
     fed = load_config("tiny", overrides={"federation.strategy": name,
@@ -184,6 +184,44 @@ def test_server_checkpoint_keeps_weights_round_and_fedadam_moments(tmp_path, mod
     np.testing.assert_array_equal(fresh.v_t["prior_embedding"], 2.0)
     with pytest.raises(CheckpointError, match="no server checkpoint"):
         load_server_state(tmp_path / "missing.pt")
+
+
+def test_fedavgm_server_momentum_survives_the_checkpoint(tmp_path, model):
+    arrays = _arrays(model)
+    fed = load_config("tiny", overrides={"federation.strategy": "fedavgm", "federation.strategy_args":
+                                         {"server_momentum": 0.9, "server_learning_rate": 2.0}}).federation
+    strategy = build_strategy(fed, sampling(fed, 3))
+    assert (strategy.server_momentum, strategy.server_learning_rate) == (0.9, 2.0)
+    assert strategy_state(strategy) == {}  # no momentum before the first aggregation
+    strategy.momentum_vector = [np.full(v.shape, float(i)) for i, v in enumerate(arrays.values())]
+    save_server_state(tmp_path / "c.pt", ServerState(2, arrays, "fedavgm", strategy_state(strategy), {}))
+    fresh = build_strategy(fed, sampling(fed, 3))
+    restore_strategy_state(fresh, load_server_state(tmp_path / "c.pt").strategy_state)
+    assert len(fresh.momentum_vector) == len(arrays)
+    for i, (restored, v) in enumerate(zip(fresh.momentum_vector, arrays.values())):
+        assert restored.shape == v.shape and np.all(restored == float(i))
+
+
+def test_fedavgm_extrapolates_weights_but_averages_batchnorm_statistics(model):
+    received = _arrays(model)
+    fed = load_config("tiny", overrides={"federation.strategy": "fedavgm", "federation.strategy_args":
+                                         {"server_momentum": 0.9, "server_learning_rate": 1.0}}).federation
+    strategy = build_strategy(fed, sampling(fed, 2))
+    strategy.current_arrays = ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in received.items()})
+    weight = next(k for k in received if k.endswith("weight") and received[k].dtype == np.float32)
+    variance = next(k for k in received if k.endswith("running_var"))
+    state = dict(received)
+    for server_round in (1, 2):  # every device moves every float array by +0.1 (a variance shrinking by 0.5)
+        moved = [{k: (v - 0.5 * v if k == variance else v + 0.1) if v.dtype == np.float32 else v
+                  for k, v in state.items()} for _ in range(2)]
+        arrays, _ = strategy.aggregate_train(server_round, [_reply(u, {NUM_EXAMPLES: 6}, i)
+                                                            for i, u in enumerate(moved)])
+        new = {k: a.numpy() for k, a in arrays.items()}
+        np.testing.assert_allclose(new[variance], 0.5 * state[variance], rtol=1e-6)  # the plain average
+        state = new
+    # momentum: +0.1 in round 1, then +0.1 + 0.9 * 0.1 in round 2
+    np.testing.assert_allclose(state[weight], received[weight] + 0.1 + 0.19, atol=1e-5)
+    assert all(np.all(np.isfinite(v)) for v in state.values()) and np.all(state[variance] >= 0)
 
 
 def test_round_log_drops_rounds_after_the_checkpoint(tmp_path):

@@ -16,7 +16,7 @@ from simulations.report import REPORT_FILE, _data_dir, build_report, curve_group
 from test_baselines import make_population
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("generic", "prior", "local", "centralized", "oracle")
+METHODS = ("generic", "pre-finetune", "pre-finetune-du", "prior", "local", "centralized", "centralized-du", "oracle")
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import IO, Optional
+from contextlib import nullcontext
+from typing import IO, ContextManager, Optional
 
+from pic_core.atomic import atomic_open
 from pic_core.profiles import PROFILES
 
 from .common import add_common_options, config_from_args
@@ -21,12 +23,12 @@ from .common import add_common_options, config_from_args
 log = logging.getLogger("fedpic")
 
 
-def _open_jsonl(spec: Optional[str], out_dir: Path) -> tuple[IO[str], bool]:
+def _open_jsonl(spec: Optional[str], out_dir: Path) -> ContextManager[IO[str]]:
+    """stdout, or the JSON-lines file written atomically: it replaces the previous one only
+    when the batch is done, so an interrupted re-run keeps the previous results."""
     if spec == "-":
-        return sys.stdout, False
-    path = Path(spec) if spec else out_dir / "crops.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("w", encoding="utf-8"), True
+        return nullcontext(sys.stdout)
+    return atomic_open(Path(spec) if spec else out_dir / "crops.jsonl", "w")
 
 
 def _cmd_crop(args: argparse.Namespace) -> int:
@@ -50,7 +52,8 @@ def _cmd_crop(args: argparse.Namespace) -> int:
     if not inputs.photos:
         raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in "
                         f"{', '.join(map(str, args.images))} ({inputs.skipped} other files skipped)")
-    cropper = Cropper.load(args.model, args.user_state, str(device), profile=args.profile)
+    cropper = Cropper.load(args.model, args.user_state, str(device), profile=args.profile,
+                           allow_compiled=args.allow_compiled)
     if args.subjects != "auto":  # else the profile's choice: faces (default) or saliency only (fast)
         cropper.keep_subjects = args.subjects != "off"
         cropper.detect_faces = args.subjects == "faces"
@@ -59,8 +62,7 @@ def _cmd_crop(args: argparse.Namespace) -> int:
     sheets = SheetWriter(out_dir, args.sheet_size)
     failures: list[tuple[Path, str]] = []
     times: list[float] = []
-    stream, close = _open_jsonl(args.jsonl, out_dir)
-    try:
+    with _open_jsonl(args.jsonl, out_dir) as stream:
         for path, name in tqdm(inputs.photos, desc="crop", unit="photo", disable=not config.progress):
             record: dict = {"image": str(path)}
             try:
@@ -81,9 +83,6 @@ def _cmd_crop(args: argparse.Namespace) -> int:
             stream.write(json.dumps(record) + "\n")
             stream.flush()
         sheets.flush()
-    finally:
-        if close:
-            stream.close()
     log.info("cropped %d photos (median %.1f ms each, %s), %d failed, %d non-image files skipped; "
              "results in %s, %d contact sheet(s)", len(times), float(np.median(times)) if times else 0.0,
              cropper.description, len(failures), inputs.skipped, out_dir, len(sheets.written))
@@ -118,7 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("crop", help="best crops of photos (files or folders) for a user")
     p.add_argument("images", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     p.add_argument("--model", type=Path, required=True,
-                   help="model file, or an exported program from `fedpic export` (detected)")
+                   help="model file, or a .pt2 program from `fedpic export` (needs --allow-compiled)")
+    p.add_argument("--allow-compiled", action="store_true",
+                   help="allow a .pt2 program as --model: it can run native code, so only one you trust")
     p.add_argument("--user-state", type=Path, help="user state (default: the generic model)")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES),
                    help="runtime preset; `fast` is for a model trained with `--config fast`")

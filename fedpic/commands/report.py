@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .common import add_common_options, config_from_args
 
-METHODS = ("generic", "prior", "local", "centralized", "oracle")
+METHODS = ("generic", "pre-finetune", "pre-finetune-du", "prior", "local", "centralized", "centralized-du", "oracle")
 """simulations.baselines.METHODS' ids (a literal here so parsing needs no torch; a test checks they agree)."""
 LOCAL_EPOCHS, LOCAL_LR = 30, 1e-3
 """simulations.baselines.LocalOnlySettings' defaults (likewise)."""
@@ -23,9 +23,15 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
                               methods=args.methods, gallery_users=args.gallery_users)
     for result in payload["results"]:
         stats = result["summary"].get("acc1_5", {})
-        print(f"N={result['shots']:<3} {result['method']:>12}: acc1_5 {stats.get('mean', float('nan')):.3f} "
+        print(f"N={result['shots']:<3} {result['method']:>15}: acc1_5 {stats.get('mean', float('nan')):.3f} "
               f"+- {stats.get('ci95') if stats.get('ci95') is not None else float('nan'):.3f} "
               f"over {stats.get('users', 0)} users")
+    for name, entries in payload.get("gains", {}).items():
+        main = payload.get("main_shots")
+        for key, stats in entries.items():
+            if key.endswith(f"@{main}") and stats.get("ci95") is not None:
+                print(f"N={main:<3} {key.split('@')[0]:>15} - {name}: {stats['mean']:+.3f} +- {stats['ci95']:.3f} "
+                      f"(paired over {stats['users']} users)")
     print(f"wrote {Path(args.out) / 'results.json'}; `fedpic report {args.out}` writes the report")
     return 0
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from pic_core.atomic import atomic_write_text
 from pic_core.config import Config, ConfigError, to_dict
 
 from .common import add_common_options, config_from_args
@@ -147,8 +148,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics.update({"user": args.user, "split": args.split, "personalized": bool(args.user_state)})
     text = json.dumps(metrics, indent=2, sort_keys=True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        atomic_write_text(args.json, text + "\n")
     if getattr(args, "gaic_table", False):
         from pic_core.metrics import gaic_table
         print(gaic_table(metrics))
@@ -173,8 +173,7 @@ def _evaluate_population(args: argparse.Namespace, config: Config, model: "CropS
     report = {"model": str(args.model), "split": "test", "shots": shots, "users": len(personalized.per_user),
               "generic": generic.as_dict(), "personalized": personalized.as_dict()}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     for name, result in (("generic", generic), ("personalized", personalized)):
         stats = result.summary().get("acc1_5", {})
         print(f"{name:>13}: acc1_5 {stats.get('mean', float('nan')):.3f} +- {stats.get('ci95', float('nan')):.3f} "
