@@ -130,8 +130,8 @@ class ServerFolder:
         result = subprocess.run([tool("flwr"), *args], env=flower_env(self.flwr_home), cwd=APP_DIR,
                                 capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
-            raise ProductionError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed ({result.returncode}): "
-                                  f"{(result.stdout + result.stderr).strip()[-600:]}")
+            detail = " ".join((result.stdout + result.stderr).split())[-600:]  # one line
+            raise ProductionError(f"flwr {' '.join(args[:2])} failed ({result.returncode}): {detail}")
         return result
 
     def enroll(self, public_key: Path, name: Optional[str] = None) -> int:
@@ -169,8 +169,9 @@ class ServerFolder:
         except (ValueError, KeyError, TypeError):
             raise ProductionError(f"flwr run: unexpected output {result.stdout!r}") from None
 
-    def wait_run(self, run_id: int, timeout: float) -> str:
-        """Poll until the run finishes; returns its status (e.g. 'finished:completed')."""
+    def wait_run(self, run_id: int, timeout: float, poll: float = 5.0) -> str:
+        """Poll until the run finishes; returns its status (e.g. 'finished:completed'). Each poll is a
+        `flwr ls` process: not too often, the server's CPU is the ServerApp's."""
         deadline = time.monotonic() + timeout
         status = ""
         while time.monotonic() < deadline:
@@ -179,7 +180,7 @@ class ServerFolder:
             status = str(runs[0].get("status", "")) if runs else ""
             if status.startswith("finished"):
                 return status
-            time.sleep(2.0)
+            time.sleep(poll)
         raise ProductionError(f"run {run_id} not finished after {timeout:.0f}s (status {status!r})")
 
 

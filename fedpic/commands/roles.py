@@ -7,11 +7,30 @@ so a service manager's signals reach Flower directly.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("fedpic")
+
+
+def _one_line_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A failed Flower command (ProductionError) is reported like bad input: one line, exit 2."""
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from server.production import ProductionError
+
+        try:
+            return func(args)
+        except ProductionError as exc:
+            if getattr(args, "verbose", False):
+                raise
+            print(f"fedpic {args.command} {args.action}: error: {exc}", file=sys.stderr)
+            return 2
+    return wrapper
 
 
 def _server_start(args: argparse.Namespace) -> int:
@@ -102,15 +121,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", action="append", default=[], help="IP address devices use (repeatable)")
     p.add_argument("--bind", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--port", type=int, default=9093, help="HTTPS port of the SuperLink (default 9093)")
-    p.set_defaults(func=_server_start)
+    p.set_defaults(func=_one_line_errors(_server_start))
     p = sub.add_parser("enroll", help="register a device's public key (from `fedpic device keygen`)")
     p.add_argument("public_key", type=Path, help="the device's .pub file")
     p.add_argument("--dir", type=Path, required=True, help="server folder of a running `fedpic server start`")
     p.add_argument("--name", help="name for the device (default: the file name)")
-    p.set_defaults(func=_server_enroll)
+    p.set_defaults(func=_one_line_errors(_server_enroll))
     p = sub.add_parser("nodes", help="list the enrolled devices and their status")
     p.add_argument("--dir", type=Path, required=True, help="server folder")
-    p.set_defaults(func=_server_nodes)
+    p.set_defaults(func=_one_line_errors(_server_nodes))
     p = sub.add_parser("run", help="run the federation on the enrolled devices and wait for it")
     p.add_argument("--dir", type=Path, required=True, help="server folder of a running `fedpic server start`")
     p.add_argument("--devices", type=int, default=0, help="devices to wait for (0: until the count settles)")
@@ -121,13 +140,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="demo", help="fedpic YAML config: a file or a shipped name (default demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override sent to the ServerApp (repeatable)")
-    p.set_defaults(func=_server_run)
+    p.set_defaults(func=_one_line_errors(_server_run))
 
     device = subparsers.add_parser("device", help="a device on its own machine: key pair, join a server")
     sub = device.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = sub.add_parser("keygen", help="an EC P-384 key pair (KEY and KEY.pub); kept when present")
     p.add_argument("--key", type=Path, required=True, help="private key file to write (public: KEY.pub)")
-    p.set_defaults(func=_device_keygen)
+    p.set_defaults(func=_one_line_errors(_device_keygen))
     p = sub.add_parser("join", help="run flower-supernode against the server (foreground)")
     p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the server's address and port")
     p.add_argument("--ca", type=Path, required=True, help="the server's ca.crt")
@@ -139,4 +158,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                               "DATA/crops/USER.csv or .jsonl when present)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--clientappio-port", type=int, default=9094, help="local port between SuperNode and ClientApp")
-    p.set_defaults(func=_device_join)
+    p.set_defaults(func=_one_line_errors(_device_join))
