@@ -5,8 +5,8 @@ A real device names its own data in its node config (`flower-supernode --node-co
 only `partition-id`: it becomes the partition-id-th user of the dataset in the run config's
 `data-dir` (sorted user ids, the first `federation.population` of them), with its state in
 `<state-dir>/<user id>/`. Node config wins over run config. The user's own crops: node config
-`crops-file`, else `<data-dir>/crops/<user id>.csv|.jsonl` when present. The state folder is keyed by
-the user id, never by the run, so d_u survives rounds, runs and restarts.
+`crops-file`, else `<data-dir>/crops/<user id>.csv|.jsonl` when present. The state folder is
+keyed by the user id, never by the run, so d_u survives rounds, runs and restarts.
 """
 from __future__ import annotations
 
