@@ -26,7 +26,7 @@ from pic_core.exchange import ARRAYS, CONFIG, FEDPIC_CONFIG, METRICS, NUM_EXAMPL
 from pic_core.model import CropScorer
 from pic_core.params import from_numpy, load_shared
 
-from .local import configure_torch, evaluate_round, refit_round, train_round
+from .local import configure_torch, device_user, evaluate_round, refit_round, train_round
 from .pool import pool_context
 from .privacy import optional_clipping_mod
 from .secagg import optional_secagg_mod
@@ -74,7 +74,7 @@ def handle_train(message: Message, context: Context, bound: Mapping[str, Any]) -
     received = global_arrays(message)
     settings = _settings(context, config, bound)
     model = build_model(config, received, settings)
-    user = settings.dataset.user(settings.user_id)
+    user = device_user(settings)
     server_round = int(message.content[CONFIG].get("server-round", 0))
     proximal_mu = float(message.content[CONFIG].get("proximal-mu", 0.0))
     result = train_round(model, user, config, settings, server_round, proximal_mu)
@@ -100,7 +100,7 @@ def handle_refit(message: Message, context: Context, bound: Mapping[str, Any]) -
     config = message_config(message)
     settings = _settings(context, config, bound)
     model = build_model(config, global_arrays(message), settings)
-    metrics = refit_round(model, settings.dataset.user(settings.user_id), config, settings)
+    metrics = refit_round(model, device_user(settings), config, settings)
     content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: int(metrics.pop("images")), **metrics})})
     return Message(content, reply_to=message)
 

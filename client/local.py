@@ -6,7 +6,7 @@ then train the shared part with d_u fixed, save d_u, and return the trained SHAR
 with scalar metrics. prior.method `episodic`: pic_core.train.train_episodes on the user's
 `prior` images (the same function the centralized prior stage runs), then the personal
 state is refitted on those images and saved. Refit (the end of a federation): the personal
-state is fitted on the final model with every labelled image (`prior` + `train`) and saved,
+state is fitted on the final model with every labelled image (`prior` + `train`) and the user's own crops, and saved,
 so the device keeps its best personalized model. Evaluation: on the user's `test` images, the generic model (d_u = 0), the model
 personalized by the evaluation protocol (few-shot fine-tuning on the `train` split, as
 `fedpic evaluate --all-users` does) and the model with the d_u the device keeps.
@@ -28,8 +28,10 @@ from pic_core.model import CropScorer
 from pic_core.ops import compiled_available
 from pic_core.params import BACKBONE_TAP_PREFIXES, shared_state, to_numpy
 from pic_core.protocol import evaluate_users
-from pic_core.samples import SampleCache
-from pic_core.train import evaluate, personal_fit, train_episodes, train_personal, train_shared
+from pic_core.samples import Sample, SampleCache
+from pic_core.train import backbone_taps, evaluate, personal_fit, train_episodes, train_personal, train_shared, \
+    with_taps
+from pic_core.user_crops import crop_samples, read_user_crops
 
 from .features import TapSampleCache
 from .settings import NodeSettings
@@ -68,18 +70,41 @@ def _optimizer_state(extra: dict, model: CropScorer) -> Optional[dict]:
     return state if count == len(model.personal.embedding_parameters()) else None  # d_u (+ head), not offsets
 
 
+def device_user(settings: NodeSettings) -> UserData:
+    """The user's scored crop sets; none (an empty UserData) for a user who only made crops."""
+    if settings.crops_file is not None and not settings.has_scored:
+        return UserData(settings.user_id, [])
+    return settings.dataset.user(settings.user_id)
+
+
+def own_crop_samples(model: CropScorer, config: Config, settings: NodeSettings) -> list[Sample]:
+    """The user's own crops as training samples (pic_core.user_crops), with backbone taps instead of
+    images when the backbone is frozen, as the scored samples have."""
+    if settings.crops_file is None:
+        return []
+    photos = crop_samples(model, read_user_crops(settings.crops_file), settings.device)
+    samples = [photo.sample for photo in photos]
+    if config.federation.freeze_backbone:
+        samples = [with_taps(s, backbone_taps(model, s, settings.device)) for s in samples]
+    return samples
+
+
 def train_round(model: CropScorer, user: UserData, config: Config, settings: NodeSettings,
                 server_round: int, proximal_mu: float = 0.0) -> TrainResult:
-    """One federated round on this device; `model` holds the received SHARED weights."""
+    """One federated round on this device; `model` holds the received SHARED weights.
+
+    The user's scored `prior` sets and their own crops (settings.crops_file) train together.
+    """
     fed, prior = config.federation, config.prior
     sets = user.split("prior")
     if fed.max_images:
         sets = sets[: fed.max_images]
-    if not sets:
-        raise DataError(f"{settings.data_dir}: user {user.user_id} has no 'prior' images to train on")
     start = time.perf_counter()
+    own = own_crop_samples(model, config, settings)
+    if not sets and not own:
+        raise DataError(f"{settings.data_dir}: user {user.user_id} has no 'prior' images and no crops to train on")
     cache = sample_cache(model, config, settings)
-    samples = cache.samples(sets)
+    samples = cache.samples(sets) + own
     store = PersonalStateStore(settings.state_dir, user.user_id)
     extra = store.load(model, for_round=server_round)
     before = store.snapshot(model, extra)
@@ -100,6 +125,7 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
         cache.save()
     metrics = {
         "images": float(len(samples)),
+        "own-crops": float(len(own)),  # photos the user cropped themselves among `images`
         "loss-personal": personal.final_loss(0.0),
         "loss-shared": shared.final_loss(0.0),
         "train-seconds": time.perf_counter() - start,
@@ -130,11 +156,12 @@ def refit_round(model: CropScorer, user: UserData, config: Config, settings: Nod
     labelled image of this device (`prior` + `train` splits, never `test`) and save it, so
     personal.pt is this device's best personalized model for `fedpic crop` / `fedpic evaluate`."""
     sets = user.split("prior") + user.split("train")
-    if not sets:
-        raise DataError(f"{settings.data_dir}: user {user.user_id} has no labelled images to refit on")
     start = time.perf_counter()
+    own = own_crop_samples(model, config, settings)
+    if not sets and not own:
+        raise DataError(f"{settings.data_dir}: user {user.user_id} has no labelled images or crops to refit on")
     cache = sample_cache(model, config, settings)
-    samples = cache.samples(sets)
+    samples = cache.samples(sets) + own
     store = PersonalStateStore(settings.state_dir, user.user_id)
     extra = store.load(model)
     fit = personal_fit(model, samples, config.finetune, inner=config.prior.inner if config.prior.method == "episodic"

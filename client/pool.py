@@ -88,7 +88,8 @@ def pool_node_config(message: Message, node_config: Mapping[str, Any]) -> dict[s
         raise NodeConfigError("device-pool node: its node config needs data-dir and state-dir")
     population = int(node_config.get(POOL_POPULATION) or 0)
     user_id = pool_user(Path(str(data_dir)), requested, population or None)
-    resolved = {k: v for k, v in node_config.items() if k not in (PARTITION_ID, POOL, POOL_POPULATION)}
+    # crops-file names one user's crops: a pool node's users each use <data-dir>/crops/<user>.csv
+    resolved = {k: v for k, v in node_config.items() if k not in (PARTITION_ID, POOL, POOL_POPULATION, "crops-file")}
     resolved["user-id"] = user_id
     return resolved
 

@@ -4,8 +4,9 @@ A real device names its own data in its node config (`flower-supernode --node-co
 "data-dir='/photos/me' user-id='me' state-dir='/var/lib/fedpic'"`). A simulated device has
 only `partition-id`: it becomes the partition-id-th user of the dataset in the run config's
 `data-dir` (sorted user ids, the first `federation.population` of them), with its state in
-`<state-dir>/<user id>/`. Node config wins over run config. The state folder is keyed by
-the user id, never by the run, so d_u survives rounds, runs and restarts.
+`<state-dir>/<user id>/`. Node config wins over run config. The user's own crops: node config
+`crops-file`, else `<data-dir>/crops/<user id>.csv|.jsonl` when present. The state folder is
+keyed by the user id, never by the run, so d_u survives rounds, runs and restarts.
 
 The run config comes from the server: a real device (no partition-id) takes its folders
 from its own node config only, so a server cannot point it at other files. Only a simulated
@@ -22,6 +23,7 @@ import torch
 from pic_core.data import DataError
 from pic_core.data.dataset import Dataset
 from pic_core.runtime import resolve_device
+from pic_core.user_crops import default_crops_file
 
 PARTITION_ID = "partition-id"
 
@@ -37,6 +39,12 @@ class NodeSettings:
     state_dir: Path  # this device's own folder
     device: torch.device
     threads: int  # torch CPU threads (0: torch's default)
+    crops_file: Optional[Path] = None  # the user's own crops (pic_core.user_crops), None: no such file
+
+    @property
+    def has_scored(self) -> bool:
+        """Whether the user has score-annotated crop sets (users/<user>.csv)."""
+        return (self.data_dir / "users" / f"{self.user_id}.csv").is_file()
 
     @property
     def dataset(self) -> Dataset:
@@ -84,4 +92,11 @@ def node_settings(node_config: Mapping[str, Any], run_config: Mapping[str, Any],
     state_dir = Path(str(state_root)).expanduser() / str(user_id)
     device = resolve_device(str(_get("device", node_config, run_config, "auto")))
     threads = int(_get("threads", node_config, run_config, 0))
-    return NodeSettings(data_dir, str(user_id), state_dir, device, threads)
+    crops = node_config.get("crops-file")  # the device's own config only: a server never points at files
+    if crops:
+        crops_file: Optional[Path] = Path(str(crops)).expanduser()
+        if not crops_file.is_file():
+            raise NodeConfigError(f"node config crops-file {crops_file}: no such file")
+    else:
+        crops_file = default_crops_file(data_dir, str(user_id))
+    return NodeSettings(data_dir, str(user_id), state_dir, device, threads, crops_file)

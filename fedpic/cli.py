@@ -9,9 +9,9 @@ from typing import Optional, Sequence
 
 import pic_core
 
-from .commands import crop, data, demo, federation, report, train
+from .commands import crop, data, demo, federation, report, roles, train
 
-COMMAND_GROUPS = (train, crop, data, federation, report, demo)
+COMMAND_GROUPS = (train, crop, data, federation, roles, report, demo)
 """Each module's `register(subparsers)` adds its commands; parsing imports no torch, OpenCV or Flower."""
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, OSError)

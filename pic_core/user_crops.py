@@ -12,6 +12,10 @@ File formats (relative image paths are taken from the crops file's folder):
   JSON lines: {"image": "a.jpg", "box": [x1, y1, x2, y2]}
 Boxes are in pixels of the photo as displayed (EXIF orientation applied). A photo may be
 listed more than once (several acceptable crops): a candidate counts its best overlap.
+
+The same crops train a device in the federation: its crops file (node config `crops-file`,
+else `<data-dir>/crops/<user>.csv` or `.jsonl`) becomes samples (`crop_samples`) that join
+the user's scored CSV rows, when there are any, in every local round.
 """
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ paper's full fine-tuning (Adam 1e-3, 10 epochs); the crop-head offsets take the 
 With the offsets, 10 epochs over 5 photos match full fine-tuning in well under a second."""
 
 PathLike = Union[str, Path]
+CROPS_FOLDER = "crops"
+"""`<data-dir>/crops/<user>.csv` (or .jsonl): where a device finds its user's own crops by default."""
 
 
 @dataclass
@@ -206,6 +212,30 @@ def top1_iou(scores: np.ndarray, photo: PhotoSample) -> float:
     return metrics.top1_iou(scores[: photo.free], photo.candidates[: photo.free], photo.user_boxes)
 
 
+def default_crops_file(data_dir: PathLike, user_id: str) -> Optional[Path]:
+    """`<data-dir>/crops/<user>.csv|.jsonl` when one exists (CSV first), else None."""
+    for suffix in (".csv", ".jsonl"):
+        path = Path(data_dir) / CROPS_FOLDER / f"{user_id}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def plain_cropper(model: CropScorer, device: Union[str, torch.device] = "cpu") -> Cropper:
+    """A Cropper that only prepares training photos (network input, candidates): no scoring
+    backend, and the model is left as it is (Cropper.from_model may compile it or make it
+    channels-last)."""
+    return Cropper(None, model.config.short_side, device, model=model,  # type: ignore[arg-type]
+                   candidate_set=model.config.candidates)
+
+
+def crop_samples(model: CropScorer, crops: Sequence[UserCrop], device: Union[str, torch.device] = "cpu",
+                 sharpness: float = SHARPNESS) -> list[PhotoSample]:
+    """Every photo of a user's crops prepared as a training sample (the user's crop scores 1)."""
+    cropper = plain_cropper(model, device)
+    return [prepare_photo(cropper, photo, sharpness) for photo in group_by_photo(crops)]
+
+
 @dataclass
 class CropsReport:
     photos: int
@@ -222,8 +252,11 @@ class CropsReport:
 def personalize_from_crops(model: CropScorer, crops: Sequence[UserCrop], config: Config,
                            device: Union[str, torch.device] = "cpu", sharpness: float = SHARPNESS,
                            epochs: int = FAST_EPOCHS, lr: float = FAST_LR,
-                           head_lr: float = FAST_HEAD_LR) -> CropsReport:
+                           head_lr: float = FAST_HEAD_LR, scored: Sequence[Sample] = ()) -> CropsReport:
     """Fit the model's PERSONAL parameters to a user's own crops with the fast path.
+
+    `scored`: samples of the user's score-annotated crop sets, trained on together with the
+    crops (the report's IoUs are measured on the crops' photos only).
 
     The same train_personal as `finetune` mode fast: d_u (+ personal head) and the crop-head
     offsets on cached aligned features. The model's shared weights are untouched; the personal
@@ -233,18 +266,18 @@ def personalize_from_crops(model: CropScorer, crops: Sequence[UserCrop], config:
     cfg = config.finetune
     device = torch.device(device)
     model.personal.reset()
-    cropper = Cropper.from_model(model, device, personal=True)
-    photos = [prepare_photo(cropper, p, sharpness) for p in group_by_photo(crops)]
-    samples = [p.sample for p in photos]
+    model.to(device)
+    photos = crop_samples(model, crops, device, sharpness)
+    samples = [p.sample for p in photos] + list(scored)
     inputs = cached_head_inputs(model, samples, device)
     with torch.no_grad():
         generic = [model.combine(model.head_features(x, personal=False), personal=False).cpu().numpy()
-                   for x in inputs]
+                   for x in inputs[:len(photos)]]
     train_log = train_personal(model, samples, epochs=epochs, lr=lr, rank_weight=cfg.rank_weight,
                                smooth_l1_weight=cfg.smooth_l1_weight, delta_l2=cfg.delta_l2, seed=config.seed,
                                progress=config.progress, device=device, head_lr=head_lr, head_inputs=inputs)
     with torch.no_grad():
-        personal = [model.combine(model.head_features(x)).cpu().numpy() for x in inputs]
+        personal = [model.combine(model.head_features(x)).cpu().numpy() for x in inputs[:len(photos)]]
     model.eval()
     return CropsReport(len(photos), len(crops),
                        float(np.mean([top1_iou(s, p) for s, p in zip(generic, photos)])),

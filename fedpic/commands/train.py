@@ -75,9 +75,9 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     device = configure_runtime(config)
-    if (args.crops is None) == (args.data is None):
-        raise ConfigError("personalize: give either --data DIR with --user U (scored crops) or --crops FILE "
-                          "(the crops you made yourself)")
+    if args.crops is None and args.data is None:
+        raise ConfigError("personalize: give --data DIR with --user U (scored crops), --crops FILE "
+                          "(the crops you made yourself), or both")
     if args.crops is not None:
         return _personalize_from_crops(args, config, device)
     if not args.user:
@@ -102,6 +102,22 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scored_samples(args: argparse.Namespace, config: Config, model) -> list:
+    """With --crops and --data: the user's scored `train` sets (up to finetune.shots), mixed in."""
+    from pic_core.data import DataError
+    from pic_core.data.sources import open_dataset
+    from pic_core.samples import SampleCache
+
+    if not args.user:
+        raise ConfigError("personalize --crops with --data: --user U is required (whose scored crops to mix in)")
+    sets = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False)).user(args.user).split("train")
+    shots = args.shots if args.shots is not None else config.finetune.shots
+    sets = sets[:shots] if shots else sets
+    if not sets:
+        raise DataError(f"{args.data}: user {args.user} has no rows with split 'train'")
+    return SampleCache(model.config.short_side).samples(sets)
+
+
 def _personalize_from_crops(args: argparse.Namespace, config: Config, device) -> int:
     """`fedpic personalize --crops FILE --model M --out STATE`."""
     from pic_core.checkpoint import load_model, save_user_state
@@ -112,10 +128,12 @@ def _personalize_from_crops(args: argparse.Namespace, config: Config, device) ->
                  "finetune.mode=%s is ignored", config.finetune.mode)
     crops = read_user_crops(args.crops)
     model, _ = load_model(args.model, device)
+    scored = _scored_samples(args, config, model) if args.data is not None else []
     report = personalize_from_crops(model, crops, config, device, epochs=args.epochs or FAST_EPOCHS,
-                                    lr=args.lr or FAST_LR)
+                                    lr=args.lr or FAST_LR, scored=scored)
     user_id = args.user or Path(args.crops).stem
-    save_user_state(args.out, model, user_id, {"source": "crops", "crops_file": str(args.crops)} | report.as_dict())
+    save_user_state(args.out, model, user_id, {"source": "crops", "crops_file": str(args.crops),
+                                               "scored_images": len(scored)} | report.as_dict())
     log.info("personalized %s from %d crops on %d photos in %.2fs; top-1 IoU with your crops: generic %.2f -> "
              "personalized %.2f; wrote %s", user_id, report.crops, report.photos, report.train.seconds,
              report.top1_iou_generic, report.top1_iou_personal, args.out)
@@ -218,7 +236,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="dataset directory with users/<user>.csv (scored candidate crops)")
     p.add_argument("--crops", type=Path,
                    help="instead of --data: your own crops, CSV 'image,x1,y1,x2,y2' or JSON lines "
-                        '{"image": ..., "box": [x1, y1, x2, y2]} (see README, section Personalize from your crops)')
+                        '{"image": ..., "box": [x1, y1, x2, y2]} (see README, section Personalize from your crops); with --data and --user, mixed with the scored crops')
     p.add_argument("--user", help="user id (required with --data; default with --crops: the file's name)")
     p.add_argument("--shots", type=int, help="with --data: use the first N 'train' images (default: finetune.shots)")
     p.add_argument("--epochs", type=int, help="with --crops: passes over your photos (default 10)")
