@@ -54,6 +54,7 @@ class PreConfig:
     rank_weight: float = 0.0
     pretext_weight: float = 0.0  # annotator-classification pretext (CPC-style data with per-annotator scores)
     max_images: Optional[int] = None
+    split_list: Optional[str] = None  # GAICD split list JSON {"train": [...], "test": [...]} for a flat folder
 
 
 @dataclass
