@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, FinetuneConfig
 from .data.records import CropSet
-from .losses import crop_loss
+from .losses import crop_loss, model_loss_options
 from .metrics import crop_metrics
 from .model import CropFeatures, CropScorer, HeadInputs, ImageEncoding
 from .params import trainable_shared_parameters
@@ -111,7 +111,8 @@ def run_epochs(model: CropScorer, samples: Sequence[Sample], parameters: Iterabl
                                            personal=personal)
             delta = delta_for(sample) if delta_for is not None else None
             pred = model.combine(features, delta, personal=personal, subjective=subjective)
-            loss = crop_loss(pred, sample.scores.to(device), rank_weight, smooth_l1_weight)
+            loss = crop_loss(pred, sample.scores.to(device), rank_weight, smooth_l1_weight,
+                             **model_loss_options(model.config))
             if extra_loss is not None:
                 loss = loss + extra_loss(features, sample)
             optimizer.zero_grad(set_to_none=True)
@@ -267,7 +268,7 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
         total = 0.0
         for index in _epoch_order(len(samples), rng):
             pred = model.combine(features_of(index))
-            loss = crop_loss(pred, targets[index], rank_weight, smooth_l1_weight)
+            loss = crop_loss(pred, targets[index], rank_weight, smooth_l1_weight, **model_loss_options(model.config))
             if delta_l2:
                 loss = loss + delta_l2 * model.personal.delta.pow(2).sum()
             optimizer.zero_grad(set_to_none=True)
@@ -363,7 +364,7 @@ def train_episodes(model: CropScorer, users: Sequence[Sequence[Sample]], *, epoc
                     sample = pool[i]
                     features = model.crop_features(encode_sample(model, sample, device), sample.boxes.to(device))
                     loss = crop_loss(model.combine(features), sample.scores.to(device), rank_weight,
-                                     smooth_l1_weight)
+                                     smooth_l1_weight, **model_loss_options(model.config))
                     if anchors is not None:
                         loss = loss + 0.5 * proximal_mu * sum((p - a).pow(2).sum()
                                                               for p, a in zip(parameters, anchors))
