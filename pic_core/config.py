@@ -61,6 +61,8 @@ class PreConfig:
     rank_weight: float = 0.0
     pretext_weight: float = 0.0  # annotator-classification pretext (CPC-style data with per-annotator scores)
     max_images: Optional[int] = None
+    augment: bool = False  # GAIC's augmentation: photometric distortion + mirror (pic_core/augment.py)
+    crops_per_step: int = 0  # with augment: at most this many random candidates per image and step (GAIC: 64)
     split_list: Optional[str] = None  # GAICD split list JSON {"train": [...], "test": [...]} for a flat folder
 
 

@@ -3,6 +3,7 @@ the reference rank loss with ties, GAIC's global target normalization."""
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -80,3 +81,40 @@ def test_paper_config_holds_the_reference_settings_and_builds():
     assert (model.target_mean, model.target_std, model.align_size, model.channels) == (2.95, 0.8, 9, 8)
     scorer = CropScorer(dataclasses.replace(model, pretrained=False)).eval()
     assert scorer.backbone.tap_channels == (32, 96, 320)
+
+
+def test_gaic_augmentation_mirrors_boxes_with_the_image_and_keeps_crop_score_pairs():
+    from pic_core.augment import gaic_augment
+    from pic_core.samples import Sample, boxes_with_batch
+
+    boxes = np.array([[0, 0, 32, 64], [8, 4, 40, 60], [16, 0, 64, 32], [0, 32, 96, 64], [40, 8, 90, 50]], np.float32)
+    image = torch.randn(3, 64, 96)
+    sample = Sample("x", image, boxes_with_batch(boxes), torch.arange(5, dtype=torch.float32), (64, 96))
+    mirrored_seen = plain_seen = False
+    for seed in range(12):
+        out = gaic_augment(sample, np.random.default_rng(seed), max_crops=3)
+        assert out.boxes.shape == (3, 5) and out.image.shape == image.shape
+        assert torch.all(out.image.reshape(-1) <= image.max() * 2 + 10)  # renormalized back, not 0..255
+        for box, score in zip(out.boxes[:, 1:].numpy(), out.scores.long().tolist()):
+            original = boxes[score]
+            if np.allclose(box, original):
+                plain_seen = True
+            else:  # mirrored: x1' = W - x2, x2' = W - x1, y unchanged
+                assert np.allclose(box, [96 - original[2], original[1], 96 - original[0], original[3]])
+                mirrored_seen = True
+    assert mirrored_seen and plain_seen
+    assert gaic_augment(sample, np.random.default_rng(0), max_crops=0).boxes.shape == (5, 5)
+
+
+def test_pretrain_with_the_paper_training_settings_runs(toy_dataset, tiny_config):
+    from pic_core.data import Dataset
+    from pic_core.samples import SampleCache
+    from pic_core.train import pretrain
+
+    config = dataclasses.replace(
+        tiny_config, pre=dataclasses.replace(tiny_config.pre, epochs=2, augment=True, crops_per_step=8),
+        model=dataclasses.replace(tiny_config.model, rank_loss="reference", targets="global", pretrained=False))
+    model = CropScorer(config.model)
+    log = pretrain(model, Dataset(toy_dataset).generic()[:4], dataclasses.replace(config, pre=dataclasses.replace(
+        config.pre, rank_weight=1.0)), SampleCache(config.model.short_side))
+    assert len(log.epoch_losses) == 2 and all(math.isfinite(v) for v in log.epoch_losses)
