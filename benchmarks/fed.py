@@ -16,8 +16,12 @@ Scale: 1,000 and 10,000 simulated devices (one shared 3-photo pool, a score file
 20 sampled per round, 3 rounds; seconds per round, disk per device and the peak memory of the
 whole process tree (this process, Ray's daemons and workers: summed RSS, and PSS where the
 kernel reports it); targets: peak <= 6 GB, the 10,000-device round within 20% of the 1,000-device
-round; plus a linear estimate for 1 M devices. Only the scale part:
-    python benchmarks/fed.py --skip-quality [--scale-devices 1000 10000]
+round (median of the rounds after each run's first, which also starts Ray's actors; each
+population runs twice, in the order A B B A, so load drift on a shared machine cancels); plus a
+linear estimate for 1 M devices. The scale runs use the device pool
+(federation.device_pool: 20 Flower nodes play the sampled users; `--scale-device-pool false`:
+one node per device, whose round time grows with the population). Only the scale part:
+    python benchmarks/fed.py --skip-quality [--scale-devices 1000 10000] [--scale-device-pool true]
 
     python benchmarks/fed.py [--config demo] [--work runs/bench/fed]
                              [--out runs/bench/fed.json] [--skip-quality] [--skip-scale]
@@ -38,7 +42,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Self
+from typing import Optional, Self, Union
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -227,14 +231,17 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
-def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int, pre: Optional[Path]) -> dict:
+def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int, pre: Optional[Path],
+          device_pool: Union[bool, str] = True) -> dict:
     """Many devices, few sampled: does a round stay cheap and memory bounded? The population shares
-    one 3-photo pool (`fedpic synth --shared-images`), so its disk grows only by each user's score file."""
+    one 3-photo pool (`fedpic synth --shared-images`), so its disk grows only by each user's score file.
+    `device_pool`: federation.device_pool (true: `per_round` Flower nodes play the sampled users)."""
     data = dataset(work / f"data{devices}", PopulationSpec(users=devices, prior=3, train=0, test=0, seed=0,
                                                            probe=0, shared=True))
     config = copy.deepcopy(config)
     fed = config.federation
     fed.rounds, fed.devices_per_round, fed.eval_every, fed.population = rounds, per_round, 0, None
+    fed.device_pool = device_pool
     out = work / f"scale{devices}"
     shutil.rmtree(out, ignore_errors=True)
     if pre is None:
@@ -246,6 +253,8 @@ def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int,
     trained = [d for d in (out / "devices").iterdir() if d.is_dir()] if (out / "devices").is_dir() else []
     return {
         "devices": devices, "devices_per_round": per_round, "rounds": len(records),
+        "device_pool": bool(records and records[0].get("device_pool")),
+        "flower_nodes": per_round if records and records[0].get("device_pool") else devices,
         "round_seconds": [round(r["train_seconds"], 2) for r in records],
         "mean_round_seconds": sum(r["train_seconds"] for r in records) / max(len(records), 1),
         "median_round_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,
@@ -263,30 +272,47 @@ def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int,
     }
 
 
+def population_runs(runs: list[dict]) -> list[dict]:
+    """One entry per population from its runs (repeats): steady rounds are the rounds after each run's
+    first (which also starts Ray's device actors and computes first-time devices' taps)."""
+    out = []
+    for devices in sorted({r["devices"] for r in runs}):
+        group = [r for r in runs if r["devices"] == devices]
+        steady = [s for r in group for s in r["round_seconds"][1:]] or [s for r in group for s in r["round_seconds"]]
+        out.append({"devices": devices, "runs": len(group), "steady_round_seconds": steady,
+                    "median_round_seconds": statistics.median(steady) if steady else None,
+                    "peak_pss_gb": max(r["peak_pss_gb"] for r in group), "peak_rss_gb": max(r["peak_rss_gb"] for r in group),
+                    "score_file_bytes_per_device": group[0]["score_file_bytes_per_device"],
+                    "completed": all(r["pass"]["completed"] for r in group),
+                    "peak_memory_at_most_6_gb": all(r["pass"]["peak_memory_at_most_6_gb"] for r in group)})
+    return out
+
+
 def scale_summary(runs: list[dict], target_devices: int = 1_000_000) -> dict:
-    """Largest against smallest population: round time ratio (target within 20%) and a linear
-    estimate of memory, round time and disk for `target_devices` (what grows per device is only
-    Flower's node bookkeeping and each device's score file; the sampled work per round is fixed)."""
-    runs = sorted(runs, key=lambda r: r["devices"])
-    small, large = runs[0], runs[-1]
+    """Largest against smallest population: steady round time ratio (target within 20%) and a linear
+    estimate of memory, round time and disk for `target_devices` (what grows per device is each
+    device's score file, and without the device pool Flower's per-node polling; the sampled work per
+    round is fixed)."""
+    populations = population_runs(runs)
+    small, large = populations[0], populations[-1]
     memory = lambda r: r["peak_pss_gb"] or r["peak_rss_gb"]  # noqa: E731
     span = max(large["devices"] - small["devices"], 1)
     per_device_gb = max(memory(large) - memory(small), 0.0) / span
-    # medians: the first round of each run also starts Ray's device actors
     per_device_s = max(large["median_round_seconds"] - small["median_round_seconds"], 0.0) / span
     ratio = large["median_round_seconds"] / small["median_round_seconds"] if small["median_round_seconds"] else None
     return {
-        "devices": [r["devices"] for r in runs], "round_seconds_ratio": ratio,
+        "devices": [r["devices"] for r in populations], "populations": populations, "round_seconds_ratio": ratio,
         "memory_gb_per_extra_device": per_device_gb,
         "estimate": {"devices": target_devices,
                      "peak_memory_gb": memory(large) + per_device_gb * (target_devices - large["devices"]),
                      "seconds_per_round": large["median_round_seconds"]
                      + per_device_s * (target_devices - large["devices"]),
                      "score_files_gb": large["score_file_bytes_per_device"] * target_devices / GB,
-                     "method": "linear in the population from the two measured runs (same devices per round)"},
+                     "method": "linear in the population from the two measured populations (same devices per "
+                               "round; median steady round)"},
         "pass": {"round_seconds_within_20_percent": ratio is not None and ratio <= 1.2,
-                 "all_completed": all(r["pass"]["completed"] for r in runs),
-                 "peak_memory_at_most_6_gb": all(r["pass"]["peak_memory_at_most_6_gb"] for r in runs)},
+                 "all_completed": all(r["completed"] for r in populations),
+                 "peak_memory_at_most_6_gb": all(r["peak_memory_at_most_6_gb"] for r in populations)},
     }
 
 
@@ -304,6 +330,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="populations to run (default 1000 10000)")
     parser.add_argument("--scale-per-round", type=int, default=20)
     parser.add_argument("--scale-rounds", type=int, default=3)
+    parser.add_argument("--scale-repeats", type=int, default=2,
+                        help="runs per population, in alternating order (default 2: A B B A)")
+    parser.add_argument("--scale-device-pool", choices=("true", "false", "auto"), default="true",
+                        help="federation.device_pool of the scale runs (default true: devices-per-round nodes)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set threads=1 (repeatable)")
     args = parser.parse_args(argv)
@@ -320,7 +350,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if not args.skip_scale:
         pre = args.work / PRE_MODEL if (args.work / PRE_MODEL).is_file() else None
-        runs = [scale(config, args.work, n, args.scale_per_round, args.scale_rounds, pre) for n in args.scale_devices]
+        pool = {"true": True, "false": False}.get(args.scale_device_pool, "auto")
+        # repeats alternate the order (1000 10000 10000 1000 ...): load drift on a shared machine cancels
+        order = [n for r in range(args.scale_repeats)
+                 for n in (args.scale_devices if r % 2 == 0 else args.scale_devices[::-1])]
+        runs = [scale(config, args.work, n, args.scale_per_round, args.scale_rounds, pre, pool) for n in order]
         report["scale"] = {"runs": runs, **scale_summary(runs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

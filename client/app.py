@@ -27,6 +27,7 @@ from pic_core.model import CropScorer
 from pic_core.params import from_numpy, load_shared
 
 from .local import configure_torch, evaluate_round, refit_round, train_round
+from .pool import pool_context
 from .privacy import optional_clipping_mod
 from .settings import NodeSettings, node_settings
 
@@ -92,25 +93,28 @@ def handle_refit(message: Message, context: Context, bound: Mapping[str, Any]) -
     return Message(content, reply_to=message)
 
 
-def make_client_app(bound: Optional[Mapping[str, Any]] = None, mods: Optional[Sequence[Mod]] = None) -> ClientApp:
+def make_client_app(bound: Optional[Mapping[str, Any]] = None, mods: Optional[Sequence[Mod]] = None,
+                    node: Optional[Mapping[str, Any]] = None) -> ClientApp:
     """A ClientApp whose run config is `bound` on top of Flower's (data-dir, state-dir, device...).
 
+    `node`: node-config defaults under Flower's node config (the simulation runner's device-pool
+    settings, client/pool.py); a message may choose the user only where the node config allows it.
     The innermost mod is always optional_clipping_mod: DP clipping when the server sends a norm.
     """
-    bound = dict(bound or {})
+    bound, node = dict(bound or {}), dict(node or {})
     client_app = ClientApp(mods=[*(mods or []), optional_clipping_mod])
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
-        return handle_train(message, context, bound)
+        return handle_train(message, pool_context(message, context, node), bound)
 
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        return handle_evaluate(message, context, bound)
+        return handle_evaluate(message, pool_context(message, context, node), bound)
 
     @client_app.query(REFIT_ACTION)
     def refit(message: Message, context: Context) -> Message:
-        return handle_refit(message, context, bound)
+        return handle_refit(message, pool_context(message, context, node), bound)
 
     return client_app
 

@@ -129,6 +129,7 @@ class FederationConfig:
     threads_per_device: int = 1  # torch threads inside each simulated device
     ray_address: Optional[str] = None  # simulation: HOST:PORT of an existing Ray cluster (None: a fresh local Ray)
     refit: bool = True  # after the last round every device refits its personal state on the final model
+    device_pool: Union[bool, str] = "auto"  # simulation: a few nodes play the sampled users (auto: > 2,000 users)
 
 
 @dataclass
@@ -158,6 +159,7 @@ _CHOICES = {
     "prior.inner": ("finetune", "embedding"),
     "finetune.mode": ("fast", "full"),
     "federation.strategy": STRATEGIES,
+    "federation.device_pool": (True, False, "auto"),
 }
 
 
@@ -234,7 +236,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         kwargs[key] = _coerce(value, hints[key], dotted)
         choices = _CHOICES.get(dotted.split(":", 1)[-1])
         if choices and kwargs[key] not in choices:
-            raise ConfigError(f"{dotted}: must be one of {', '.join(choices)}, got {kwargs[key]!r}")
+            raise ConfigError(f"{dotted}: must be one of {', '.join(str(c).lower() for c in choices)}, got {kwargs[key]!r}")
     return cls(**kwargs)
 
 

@@ -35,6 +35,8 @@ REFIT_ACTION = "refit"
 """Action of the end-of-federation message (message type `query.refit`): the final SHARED weights
 in, each device refits and saves its personal state, scalar metrics out."""
 REFIT_MESSAGE = f"query.{REFIT_ACTION}"
+POOL_PARTITION = "pool-partition-id"
+"""ConfigRecord key (device-pool simulation only): the population index of the user a pool node plays."""
 ENCODINGS = ("weights", "delta16")
 
 

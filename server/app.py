@@ -9,6 +9,8 @@ bound by `fedpic simulate`):
   init-model   model file to start from (from `fedpic pretrain`); "" for fresh weights
   resume       true: continue from out-dir/checkpoint.pt
   devices      expected number of devices (0: wait until the connected count settles)
+  pool-population  device-pool simulation (server/sampling.py): sample from this many users and name
+               one per message; the nodes are a pool that plays them (0: one node per device)
 Device-side keys (data-dir, state-dir, device, threads) are read by the ClientApp.
 """
 from __future__ import annotations
@@ -52,7 +54,8 @@ def server_settings(run_config: Mapping[str, Any]) -> ServerSettings:
         raise ConfigError("run config: out-dir is required (where the checkpoint and model go)")
     return ServerSettings(config=resolve_config(run_config), out_dir=out_dir,
                           init_model=_path(run_config.get("init-model")), resume=_bool(run_config.get("resume")),
-                          devices=int(run_config.get("devices") or 0))
+                          devices=int(run_config.get("devices") or 0),
+                          pool_population=int(run_config.get("pool-population") or 0))
 
 
 def make_server_app(bound: Optional[Mapping[str, Any]] = None) -> ServerApp:

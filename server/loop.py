@@ -34,6 +34,7 @@ from pic_core.runtime import set_seed
 
 from .checkpoint import CHECKPOINT_FILE, ServerState, load_server_state, save_server_state
 from .round_log import LOG_FILE, RoundLog
+from .sampling import DevicePool
 from .screening import screen_replies
 from .strategy import Sampling, build_strategy, restore_strategy_state, sampling, strategy_state
 
@@ -49,6 +50,7 @@ class ServerSettings:
     init_model: Optional[Path] = None  # model file from `fedpic pretrain` (None: fresh weights)
     resume: bool = False
     devices: int = 0  # expected population; 0: count the devices that connect
+    pool_population: int = 0  # device-pool simulation: users the pool nodes play (0: one node per device)
 
 
 def initial_model(settings: ServerSettings) -> CropScorer:
@@ -121,8 +123,11 @@ class Federation:
         elif self.checkpoint_path.exists():
             raise CheckpointError(f"{self.checkpoint_path} exists: pass --resume to continue that run, or use "
                                   "another output folder")
-        self.plan: Sampling = sampling(self.fed, connected_devices(grid, settings.devices))
-        self.strategy: Strategy = build_strategy(self.fed, self.plan)
+        connected = connected_devices(grid, settings.devices)
+        self.pool = DevicePool(settings.pool_population) if settings.pool_population > 0 else None
+        self.plan: Sampling = sampling(self.fed, self.pool.population if self.pool else connected)
+        self.strategy: Strategy = build_strategy(self.fed, self.pool.node_plan(self.plan, connected)
+                                                 if self.pool else self.plan)
         restore_strategy_state(self.strategy, restored)
         self.config_json = json.dumps(to_dict(self.config))
         self.encoding = encoding_for(self.fed.fp16)
@@ -132,15 +137,20 @@ class Federation:
     def _config_record(self) -> ConfigRecord:
         return ConfigRecord({FEDPIC_CONFIG: self.config_json})
 
+    def _pooled(self, messages: list[Message], seed: int) -> tuple[list[Message], Optional[list[int]]]:
+        """Device pool: each message names the user (population index) its node plays."""
+        return self.pool.assign(messages, seed) if self.pool else (messages, None)
+
     def _send(self, messages: list[Message]) -> list[Message]:
         return list(self.grid.send_and_receive(messages, timeout=self.fed.round_timeout)) if messages else []
 
     def evaluate(self, server_round: int) -> tuple[Optional[dict], int, float]:
         """Federated evaluation of the current model: (weighted metrics, devices, seconds)."""
         start = time.perf_counter()
-        random.seed(self.config.seed * 1_000_003 + server_round + 500_009)  # Flower samples with `random`
-        messages = list(self.strategy.configure_evaluate(server_round, self._array_record(), self._config_record(),
-                                                         self.grid))
+        seed = self.config.seed * 1_000_003 + server_round + 500_009
+        random.seed(seed)  # Flower samples with `random`
+        messages, _ = self._pooled(list(self.strategy.configure_evaluate(
+            server_round, self._array_record(), self._config_record(), self.grid)), seed)
         replies = self._send(messages)
         ok = [r for r in replies if not r.has_error()]
         metrics = self.strategy.aggregate_evaluate(server_round, ok) if ok else None
@@ -171,9 +181,10 @@ class Federation:
     def train(self, server_round: int) -> dict:
         """One training round; returns its log fields."""
         start = time.perf_counter()
-        random.seed(self.config.seed * 1_000_003 + server_round)  # Flower samples devices with `random`
-        messages = list(self.strategy.configure_train(server_round, self._array_record(), self._config_record(),
-                                                      self.grid))
+        seed = self.config.seed * 1_000_003 + server_round
+        random.seed(seed)  # Flower samples devices with `random`
+        messages, pool_users = self._pooled(list(self.strategy.configure_train(
+            server_round, self._array_record(), self._config_record(), self.grid)), seed)
         received = self.arrays
         replies = self._send(messages)
         if len(replies) < len(messages):  # devices that crashed or vanished: the round goes on without them
@@ -203,12 +214,13 @@ class Federation:
             "upload_bytes_max": int(max(uploads)) if uploads else None,
             "download_bytes": payload_bytes(received),
             "update_norm_median": float(np.median(screening.norms)) if screening.norms else None,
+            **({"pool_users": pool_users} if pool_users is not None else {}),
         }
 
     def _record(self, server_round: int, fields: dict) -> dict:
         return {"round": server_round, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "strategy": self.fed.strategy,
                 "population": self.plan.population, "model_bytes_fp32": self.model_bytes_fp32,
-                "encoding": self.encoding, **fields}
+                "encoding": self.encoding, "device_pool": self.pool is not None, **fields}
 
     def save(self, server_round: int) -> None:
         load_shared(self.model, from_numpy(self.arrays))
@@ -243,7 +255,10 @@ class Federation:
             fields = self.train(server_round)
             fields.update({"evaluate": None, "eval_devices": 0, "eval_seconds": 0.0})
             if server_round == self.fed.rounds and self.fed.refit:
-                fields["refit"] = self.refit()  # before the last evaluation: its `stored` is the refit state
+                if self.pool is None:  # before the last evaluation: its `stored` is the refit state
+                    fields["refit"] = self.refit()
+                else:  # a pool node plays a user only for a message naming it; no population-wide refit
+                    log.info("refit skipped: device-pool simulation (each user refits when it next trains)")
             if _evaluation_due(self.config, server_round):
                 metrics, devices, seconds = self.evaluate(server_round)
                 fields.update({"evaluate": metrics, "eval_devices": devices, "eval_seconds": seconds})

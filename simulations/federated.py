@@ -1,8 +1,9 @@
 """A federated simulation of the prior stage on one machine, with Flower's simulation engine.
 
 Each user of a dataset folder becomes one simulated device (Ray actor slots set by
-`federation.cpus_per_device`); the ServerApp and ClientApp are the same objects `flwr run .`
-loads, with the run config bound here. Output folder:
+`federation.cpus_per_device`), or, in a device-pool run (large populations, server/sampling.py),
+a few simulated nodes play the users the server samples each round; the ServerApp and
+ClientApp are the same objects `flwr run .` loads, with the run config bound here. Output folder:
 
   pre.pt         the pre-stage model the federation starts from (when trained here)
   rounds.jsonl   one line per round (server/round_log.py; format in docs/formats.md)
@@ -32,6 +33,7 @@ from flwr.supercore.telemetry import EventType
 from flwr.simulation.run_simulation import _run_simulation
 
 from client.app import make_client_app
+from client.pool import pool_node_defaults
 from pic_core.checkpoint import load_model, save_model
 from pic_core.config import Config, ConfigError, to_dict
 from pic_core.data import DataError
@@ -43,6 +45,7 @@ from server.app import make_server_app
 from server.checkpoint import CHECKPOINT_FILE
 from server.loop import MODEL_FILE
 from server.round_log import LOG_FILE, read_rounds
+from server.sampling import pool_nodes, use_device_pool
 
 from .baselines import evaluate_generic, load_users, objective_only, train_generic
 from .experiment import RESULTS_FILE, population_info, results_payload
@@ -162,10 +165,20 @@ def quiet_simulation_logs() -> Iterator[None]:
                 os.environ.pop(key, None)
 
 
+def device_pool_nodes(plan: SimulationPlan) -> int:
+    """Simulated nodes of a device-pool run (federation.device_pool; 0: one node per user).
+    Why a pool: server/sampling.py."""
+    if not use_device_pool(plan.config.federation.device_pool, len(plan.users)):
+        return 0
+    return pool_nodes(plan.config.federation, len(plan.users))
+
+
 def bound_run_config(plan: SimulationPlan) -> dict:
     """The run config both apps see (what [tool.flwr.app.config] + --run-config give `flwr run`)."""
+    pool = device_pool_nodes(plan)
     return {"config-json": json.dumps(to_dict(plan.config)), "out-dir": str(plan.out_dir),
-            "init-model": str(plan.init_model or ""), "resume": plan.resume, "devices": len(plan.users),
+            "init-model": str(plan.init_model or ""), "resume": plan.resume, "devices": pool or len(plan.users),
+            "pool-population": len(plan.users) if pool else 0,
             "data-dir": str(plan.data_dir), "state-dir": str(plan.out_dir / DEVICES_DIR),
             "device": plan.config.device, "threads": plan.config.federation.threads_per_device}
 
@@ -185,12 +198,15 @@ def run_federated(plan: SimulationPlan, client_mods: Sequence[Mod] = ()) -> floa
     """The Flower simulation of all rounds; returns its wall-clock seconds."""
     bound = bound_run_config(plan)
     backend = backend_config(plan.config)
+    pool = device_pool_nodes(plan)
+    # a pool node's own config enables it (client/pool.py): the run config cannot
+    node = pool_node_defaults(plan.data_dir, plan.out_dir / DEVICES_DIR, len(plan.users)) if pool else None
     start = time.perf_counter()
     # The engine under Flower 1.41's deprecated `run_simulation` wrapper (which only adds the deprecation
     # warning and a telemetry event); `flwr run` is its replacement, but it cannot take app objects.
     with quiet_simulation_logs():
-        _run_simulation(num_supernodes=len(plan.users), exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                        client_app=make_client_app(bound, client_mods), server_app=make_server_app(bound),
+        _run_simulation(num_supernodes=pool or len(plan.users), exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                        client_app=make_client_app(bound, client_mods, node), server_app=make_server_app(bound),
                         backend_name="ray", backend_config=backend)
     seconds = time.perf_counter() - start
     rounds = read_rounds(plan.out_dir / LOG_FILE)
@@ -250,6 +266,7 @@ def write_results(plan: SimulationPlan, timing: dict, results: Sequence[Populati
         "holdout_users": plan.holdout, "population": population_info(plan.data_dir),
         "rounds_completed": max((int(r["round"]) for r in rounds), default=0),
         "strategy": plan.config.federation.strategy, "timing": timing,
+        "device_pool_nodes": device_pool_nodes(plan),  # 0: one simulated node per user
         "communication": communication_summary(rounds),
         "files": {"model": MODEL_FILE, "rounds_log": LOG_FILE, "checkpoint": CHECKPOINT_FILE,
                   "init_model": str(plan.init_model) if plan.init_model else None},

@@ -1,0 +1,70 @@
+"""Device-pool simulation, server side: sample users from the whole population, name one per message.
+
+Flower 1.41's simulation engine polls every registered node every 0.1 s and each poll scans
+all stored messages (vce_api.add_messages_to_queue -> get_message_ins), so with one node per
+user a round's time grows with the population (10,000 users: 3.5x the 1,000-user round at
+20 devices per round). A device-pool simulation registers only as many nodes as devices train
+or evaluate in a round; the server samples that round's users here (seeded per round, like
+the node sampling of a normal run) and writes each one's population index into the message
+(pic_core.exchange.POOL_PARTITION). Pool nodes play that user (client/pool.py); a deployed
+device refuses a message that names a user.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Union
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from pic_core.config import ConfigError, FederationConfig
+from pic_core.exchange import CONFIG, POOL_PARTITION
+
+from .strategy import Sampling, sampling
+
+POOL_AUTO_THRESHOLD = 2000
+"""federation.device_pool auto: the pool is used above this many users."""
+
+
+def use_device_pool(setting: Union[bool, str], population: int) -> bool:
+    """Resolve federation.device_pool (true, false or auto) for a population."""
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return population > POOL_AUTO_THRESHOLD
+    raise ConfigError(f"federation.device_pool: must be true, false or auto, got {setting!r}")
+
+
+def pool_nodes(fed: FederationConfig, population: int) -> int:
+    """Simulated nodes a device pool needs: the most devices one round trains or evaluates."""
+    plan = sampling(fed, population)
+    return max(plan.train_devices, plan.eval_devices)
+
+
+@dataclass(frozen=True)
+class DevicePool:
+    population: int  # users the server samples from (population indices 0..population-1)
+
+    def node_plan(self, plan: Sampling, nodes: int) -> Sampling:
+        """The strategy's sampling over the pool's nodes (each round uses that many of them)."""
+        if nodes < max(plan.train_devices, plan.eval_devices):
+            raise ConfigError(f"device pool: {nodes} nodes connected, a round needs "
+                              f"{max(plan.train_devices, plan.eval_devices)}")
+        return Sampling(nodes, plan.train_devices, plan.eval_devices)
+
+    def users(self, count: int, seed: int) -> list[int]:
+        """`count` distinct population indices, the same for the same seed."""
+        return random.Random(seed).sample(range(self.population), min(count, self.population))
+
+    def assign(self, messages: list[Message], seed: int) -> tuple[list[Message], list[int]]:
+        """The messages, each naming its own sampled user (a copy of the config record per message:
+        Flower's strategies give every message the same record)."""
+        users = self.users(len(messages), seed)
+        named = []
+        for message, user in zip(messages, users):
+            content = RecordDict(dict(message.content.items()))
+            content[CONFIG] = ConfigRecord({**dict(message.content[CONFIG]), POOL_PARTITION: user})
+            metadata = message.metadata
+            named.append(Message(content, metadata.dst_node_id, metadata.message_type, group_id=metadata.group_id,
+                                 ttl=metadata.ttl))
+        return named, users
