@@ -31,6 +31,9 @@ LEGACY_BACKBONE = "mobilenet_v2"
 
 TAP_SPLITS = (7, 14)
 """MobileNetV2: features[:7] ends at stride 8, features[7:14] at stride 16, features[14:] at stride 32."""
+GAIC_STAGE5_END = 18
+"""MobileNetV2: features[14:18] ends at the 320-channel block GAIC taps; features[18] is the 320->1280 conv."""
+FUSIONS = ("fedpic", "gaic")
 
 SPLITS = {"mobilenet_v2": TAP_SPLITS, "efficientnet_lite0": LITE0_SPLITS}
 
@@ -52,8 +55,13 @@ class MultiScaleBackbone(nn.Module):
     """
 
     def __init__(self, width: float = 1.0, channels: int = 8, weights: Optional[Union[str, Path]] = None,
-                 kind: str = "mobilenet_v2", pretrained: bool = True):
+                 kind: str = "mobilenet_v2", pretrained: bool = True, fusion: str = "fedpic"):
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if fusion == "gaic" and kind != "mobilenet_v2":
+            raise ValueError("fusion 'gaic' (GAIC's 320-channel taps) needs model.backbone: mobilenet_v2")
+        self.fusion = fusion
         net = build_classifier(kind, width)
         if pretrained:
             if kind == "efficientnet_lite0":
@@ -65,7 +73,7 @@ class MultiScaleBackbone(nn.Module):
         first, second = SPLITS[kind]
         self.stage3 = layers[:first]
         self.stage4 = layers[first:second]
-        self.stage5 = layers[second:]
+        self.stage5 = layers[second:GAIC_STAGE5_END] if fusion == "gaic" else layers[second:]
         self.eval()  # a train-mode probe would move the pretrained BatchNorm statistics towards a black image
         with torch.no_grad():
             c3, c4, c5 = self.taps(torch.zeros(1, 3, 64, 64))
@@ -83,6 +91,10 @@ class MultiScaleBackbone(nn.Module):
     def fused_taps(self, images: Tensor) -> Tensor:
         """All three taps at stride 16, concatenated (sum(tap_channels) channels)."""
         f3, f4, f5 = self.taps(images)
+        if self.fusion == "gaic":  # GAIC: bilinear (align_corners=True) both ways, f5 weighted 0.5
+            f3 = F.interpolate(f3, size=f4.shape[-2:], mode="bilinear", align_corners=True)
+            f5 = 0.5 * F.interpolate(f5, size=f4.shape[-2:], mode="bilinear", align_corners=True)
+            return torch.cat([f3, f4, f5], dim=1)
         f3 = F.avg_pool2d(f3, kernel_size=2, stride=2)
         f5 = F.interpolate(f5, size=f4.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([f3, f4, f5], dim=1)

@@ -64,6 +64,13 @@ class ModelConfig:
     candidates: str = "grid"  # what `crop` scores without --aspect: grid (GAIC anchors) | free (pic_core/candidates.py)
     personal_head: bool = False  # a small per-user linear head over g, kept on the device
     personal_offsets: bool = True  # per-user offsets on the crop head's weights (fast path), kept on the device
+    fusion: str = "fedpic"  # fedpic: taps features[:7]/[7:14]/[14:] (incl. the 1280 conv), avg-pool f3, bilinear f5;
+    # gaic (MobileNetV2 only): f5 = the 320-channel block output, f3 and f5 resized bilinearly with
+    # align_corners=True and f5 weighted 0.5, as GAIC's shared multi-scale model
+    rank_loss: str = "fedpic"  # fedpic: Phi(diff/sqrt2), ties dropped | reference: Phi(diff), ties at 0.5 (losses.py)
+    targets: str = "image"  # image: z-score per image | global: (score - target_mean) / target_std, as GAIC
+    target_mean: float = 2.95  # GAICD MOS mean (GAIC's MOS_MEAN), used with targets: global
+    target_std: float = 0.8  # GAICD MOS std (GAIC's MOS_STD)
     backbone_weights: Optional[str] = None  # local ImageNet weights file (MobileNetV2: torchvision or GAIC/PIC
     # layout; Lite0: the package's layout, default the package's file); never downloaded
 
@@ -77,6 +84,9 @@ class PreConfig:
     rank_weight: float = 0.0
     pretext_weight: float = 0.0  # annotator-classification pretext (CPC-style data with per-annotator scores)
     max_images: Optional[int] = None
+    augment: bool = False  # GAIC's augmentation: photometric distortion + mirror (pic_core/augment.py)
+    crops_per_step: int = 0  # with augment: at most this many random candidates per image and step (GAIC: 64)
+    split_list: Optional[str] = None  # GAICD split list JSON {"train": [...], "test": [...]} for a flat folder
 
 
 @dataclass
@@ -182,6 +192,9 @@ _CHOICES = {
     "model.backbone": ("efficientnet_lite0", "mobilenet_v2"),
     "prior.schedule": ("interleaved", "sequential"),
     "model.candidates": ("grid", "free"),
+    "model.fusion": ("fedpic", "gaic"),
+    "model.rank_loss": ("fedpic", "reference"),
+    "model.targets": ("image", "global"),
     "prior.method": ("joint", "episodic"),
     "prior.inner": ("finetune", "embedding"),
     "finetune.mode": ("fast", "full"),

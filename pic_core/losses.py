@@ -1,7 +1,11 @@
 """Losses on one image's candidate scores.
 
-Targets are z-scored per image (`standardize`) so users and datasets with different score
-scales train together: only the order and the relative gaps of one image's crops matter.
+fedpic's default: targets z-scored per image (`standardize`) so users and datasets with
+different score scales train together (only the order and the relative gaps of one image's
+crops matter), and a fidelity rank loss with P = Phi(diff / sqrt(2)) over untied pairs.
+The reference (GAIC/PIC, `model.targets: global`, `model.rank_loss: reference`): targets
+normalized with one global mean and std (GAICD MOS: 2.95, 0.8), and P = Phi(diff) with
+tied pairs kept at target probability 0.5.
 """
 from __future__ import annotations
 
@@ -41,12 +45,41 @@ def fidelity_rank_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tenso
     return (1.0 - torch.sqrt(p + eps)).mean()
 
 
-def crop_loss(pred: Tensor, target: Tensor, rank_weight: float, smooth_l1_weight: float) -> Tensor:
-    """rank_weight * fidelity + smooth_l1_weight * SmoothL1, on a standardized target."""
-    target = standardize(target)
+def reference_rank_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """The reference's fidelity loss: P(i over j) = Phi(s_i - s_j), every ordered pair i != j.
+
+    Ground truth p* = 1 if target_i > target_j, 0 if smaller, 0.5 when tied;
+    loss 1 - sqrt(p* p) - sqrt((1 - p*)(1 - p)), averaged over the pairs.
+    """
+    n = pred.shape[0]
+    if n < 2:
+        return pred.sum() * 0.0
+    off = ~torch.eye(n, dtype=torch.bool, device=pred.device)
+    diff_pred = (pred[:, None] - pred[None, :])[off]
+    diff_true = (target[:, None] - target[None, :])[off]
+    p = 0.5 * (1.0 + torch.erf(diff_pred / _SQRT2))
+    p_true = (diff_true > 0).to(pred.dtype) + 0.5 * (diff_true == 0).to(pred.dtype)
+    return (1.0 - torch.sqrt(p_true * p + eps) - torch.sqrt((1.0 - p_true) * (1.0 - p) + eps)).mean()
+
+
+def crop_loss(pred: Tensor, target: Tensor, rank_weight: float, smooth_l1_weight: float, *,
+              rank_loss: str = "fedpic", targets: str = "image", target_mean: float = 2.95,
+              target_std: float = 0.8) -> Tensor:
+    """rank_weight * fidelity + smooth_l1_weight * SmoothL1 on the normalized target.
+
+    targets: "image" (per-image z-score) or "global" ((target - target_mean) / target_std);
+    rank_loss: "fedpic" (Phi(diff / sqrt 2), ties dropped) or "reference" (Phi(diff), ties at 0.5).
+    """
+    target = standardize(target) if targets == "image" else (target - target_mean) / target_std
     loss = pred.new_zeros(())
     if rank_weight:
-        loss = loss + rank_weight * fidelity_rank_loss(pred, target)
+        rank = reference_rank_loss if rank_loss == "reference" else fidelity_rank_loss
+        loss = loss + rank_weight * rank(pred, target)
     if smooth_l1_weight:
         loss = loss + smooth_l1_weight * smooth_l1(pred, target)
     return loss
+
+
+def model_loss_options(config: object) -> dict:
+    """crop_loss's keyword options from a ModelConfig (rank_loss, targets, target_mean, target_std)."""
+    return {key: getattr(config, key) for key in ("rank_loss", "targets", "target_mean", "target_std")}

@@ -134,7 +134,7 @@ class CropScorer(nn.Module):
         self.config = config
         c, a, e = config.channels, config.align_size, config.embed_dim
         self.backbone = MultiScaleBackbone(config.width, c, config.backbone_weights, kind=config.backbone,
-                                           pretrained=config.pretrained and load_pretrained)
+                                           pretrained=config.pretrained and load_pretrained, fusion=config.fusion)
         self.attention = DualAttention(sum(self.backbone.tap_channels), config.context_dim)
         self.objective_trunk = nn.Sequential(
             nn.Conv2d(2 * c, config.hidden, kernel_size=a), nn.BatchNorm2d(config.hidden), nn.ReLU(inplace=True),

@@ -17,6 +17,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -24,9 +25,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .augment import gaic_augment
 from .config import Config, FinetuneConfig
 from .data.records import CropSet
-from .losses import crop_loss
+from .losses import crop_loss, model_loss_options
 from .metrics import crop_metrics
 from .model import CropFeatures, CropScorer, HeadInputs, ImageEncoding
 from .params import trainable_shared_parameters
@@ -91,8 +93,12 @@ def run_epochs(model: CropScorer, samples: Sequence[Sample], parameters: Iterabl
                stage: str = "train", progress: bool = True, device: Optional[torch.device] = None,
                delta_for: Optional[Callable[[Sample], Tensor]] = None, subjective: bool = True,
                extra_loss: Optional[Callable[[CropFeatures, Sample], Tensor]] = None,
-               personal: bool = True) -> TrainLog:
-    """The shared loop: shuffle images each epoch, one image per Adam step, mean loss per epoch."""
+               personal: bool = True,
+               augment: Optional[Callable[[Sample, np.random.Generator], Sample]] = None) -> TrainLog:
+    """The shared loop: shuffle images each epoch, one image per Adam step, mean loss per epoch.
+
+    augment: a fresh random variant of each sample per step (pre stage: GAIC's augmentation).
+    """
     parameters = [p for p in parameters if p.requires_grad]
     log = TrainLog(stage)
     if not samples or epochs <= 0 or not parameters:
@@ -106,12 +112,13 @@ def run_epochs(model: CropScorer, samples: Sequence[Sample], parameters: Iterabl
     for _ in range(epochs):
         total = 0.0
         for index in _epoch_order(len(samples), rng):
-            sample = samples[index]
+            sample = samples[index] if augment is None else augment(samples[index], rng)
             features = model.crop_features(encode_sample(model, sample, device), sample.boxes.to(device),
                                            personal=personal)
             delta = delta_for(sample) if delta_for is not None else None
             pred = model.combine(features, delta, personal=personal, subjective=subjective)
-            loss = crop_loss(pred, sample.scores.to(device), rank_weight, smooth_l1_weight)
+            loss = crop_loss(pred, sample.scores.to(device), rank_weight, smooth_l1_weight,
+                             **model_loss_options(model.config))
             if extra_loss is not None:
                 loss = loss + extra_loss(features, sample)
             optimizer.zero_grad(set_to_none=True)
@@ -155,7 +162,8 @@ def pretrain(model: CropScorer, crop_sets: Sequence[CropSet], config: Config, ca
         parameters += list(pretext_head.parameters())
     return run_epochs(model, samples, parameters, epochs=cfg.epochs, lr=cfg.lr, rank_weight=cfg.rank_weight,
                       smooth_l1_weight=cfg.smooth_l1_weight, weight_decay=cfg.weight_decay, seed=config.seed,
-                      stage="pre", progress=config.progress, device=device, subjective=False, extra_loss=extra)
+                      stage="pre", progress=config.progress, device=device, subjective=False, extra_loss=extra,
+                      augment=partial(gaic_augment, max_crops=cfg.crops_per_step) if cfg.augment else None)
 
 
 def train_prior(model: CropScorer, users: Mapping[str, Sequence[CropSet]], config: Config, cache: SampleCache,
@@ -267,7 +275,7 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
         total = 0.0
         for index in _epoch_order(len(samples), rng):
             pred = model.combine(features_of(index))
-            loss = crop_loss(pred, targets[index], rank_weight, smooth_l1_weight)
+            loss = crop_loss(pred, targets[index], rank_weight, smooth_l1_weight, **model_loss_options(model.config))
             if delta_l2:
                 loss = loss + delta_l2 * model.personal.delta.pow(2).sum()
             optimizer.zero_grad(set_to_none=True)
@@ -363,7 +371,7 @@ def train_episodes(model: CropScorer, users: Sequence[Sequence[Sample]], *, epoc
                     sample = pool[i]
                     features = model.crop_features(encode_sample(model, sample, device), sample.boxes.to(device))
                     loss = crop_loss(model.combine(features), sample.scores.to(device), rank_weight,
-                                     smooth_l1_weight)
+                                     smooth_l1_weight, **model_loss_options(model.config))
                     if anchors is not None:
                         loss = loss + 0.5 * proximal_mu * sum((p - a).pow(2).sum()
                                                               for p, a in zip(parameters, anchors))

@@ -72,8 +72,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert(args: argparse.Namespace) -> int:
+    """`fedpic convert`: PIC's per-user CSV folders -> a fedpic dataset folder."""
+    from pic_core.data.pic_csv import convert_pic
+
+    if args.pic is None and args.prior is None:
+        print("fedpic convert: error: give --pic N_FOLDER and/or --prior FOLDER", file=sys.stderr)
+        return 2
+    counts = convert_pic(args.pic, args.images, args.out, prior=args.prior, skip_bad=args.skip_bad)
+    totals = {s: sum(c[s] for c in counts.values()) for s in ("prior", "train", "test")}
+    print(f"wrote {len(counts)} users to {args.out / 'users'}: {totals['prior']} prior, {totals['train']} train, "
+          f"{totals['test']} test images")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """synth."""
+    """synth, convert."""
+    convert = subparsers.add_parser(
+        "convert", help="convert PIC's per-user CSV folders (N/train/<user>_train.csv, N/val/<user>_val.csv) "
+                        "to a fedpic dataset folder (users/<id>.csv)", description=run_convert.__doc__)
+    convert.add_argument("--pic", type=Path, help="a PIC shot-count folder holding train/ and val/ "
+                                                  "(train -> split train, val -> split test)")
+    convert.add_argument("--prior", type=Path, help="a folder of prior users' <user>.csv (split prior)")
+    convert.add_argument("--images", type=Path, required=True, help="the CPC images folder the CSVs name")
+    convert.add_argument("--out", type=Path, required=True, help="dataset folder to write (users/, images link)")
+    convert.add_argument("--skip-bad", action="store_true", help="skip bad rows/images with a counted warning")
+    convert.set_defaults(func=run_convert)
     parser = subparsers.add_parser("synth", help="generate a synthetic population of users, images and crop scores",
                                    description=__doc__)
     add_arguments(parser)

@@ -27,8 +27,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from pic_core.train import pretrain
 
     config = config_from_args(args)
+    split_list = args.split_list or config.pre.split_list
+    crop_sets = crop_sets_for_pretrain(args.data, skip_bad=getattr(args, "skip_bad", False),
+                                       split_list=Path(split_list) if split_list else None)
     device = configure_runtime(config)
-    crop_sets = crop_sets_for_pretrain(args.data, skip_bad=getattr(args, "skip_bad", False))
     model = _initial_model(args.init, config, device)
     cache = SampleCache(config.model.short_side)
     train_log = pretrain(model, crop_sets, config, cache, device)
@@ -143,24 +145,35 @@ def _personalize_from_crops(args: argparse.Namespace, config: Config, device) ->
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pic_core.checkpoint import load_model, load_user_state
     from pic_core.data import DataError
-    from pic_core.data.sources import open_dataset
+    from pic_core.data.sources import annotated_sets, is_annotation_source, open_dataset
     from pic_core.runtime import configure_runtime
     from pic_core.samples import SampleCache
     from pic_core.train import evaluate
 
     config = config_from_args(args)
+    annotations = is_annotation_source(args.data)
+    if annotations:  # GAICD / CPC / JSON: the generic model on the benchmark split
+        if args.user or args.all_users:
+            raise ConfigError(f"evaluate: {args.data} is an annotation source (no users/): drop --user/--all-users")
+        split_list = args.split_list or config.pre.split_list
+        sets = annotated_sets(args.data, args.split, skip_bad=getattr(args, "skip_bad", False),
+                              split_list=Path(split_list) if split_list else None)
     device = configure_runtime(config)
     model, _ = load_model(args.model, device)
-    if args.all_users:
+    if annotations:
+        if args.user_state:
+            load_user_state(args.user_state, model)
+    elif args.all_users:
         return _evaluate_population(args, config, model, device)
-    if not args.user:
-        raise ConfigError("evaluate: give --user U (one user) or --all-users (the whole population)")
-    if args.user_state:
-        load_user_state(args.user_state, model)
-    dataset = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False))
-    sets = dataset.user(args.user).split(args.split)
-    if not sets:
-        raise DataError(f"{args.data}: user {args.user} has no rows with split {args.split!r}")
+    else:
+        if not args.user:
+            raise ConfigError("evaluate: give --user U (one user) or --all-users (the whole population)")
+        if args.user_state:
+            load_user_state(args.user_state, model)
+        dataset = open_dataset(args.data, skip_bad=getattr(args, "skip_bad", False))
+        sets = dataset.user(args.user).split(args.split)
+        if not sets:
+            raise DataError(f"{args.data}: user {args.user} has no rows with split {args.split!r}")
     metrics = evaluate(model, sets, SampleCache(model.config.short_side), personal=bool(args.user_state),
                        device=device)
     metrics.update({"user": args.user, "split": args.split, "personalized": bool(args.user_state)})
@@ -216,8 +229,13 @@ def _initial_model(init: Optional[Path], config: Config, device) -> "CropScorer"
 def register(subparsers: argparse._SubParsersAction) -> None:
     """pretrain, prior, personalize, evaluate."""
     p = subparsers.add_parser("pretrain", help="stage pre: objective crop quality on generic scores")
-    p.add_argument("--data", type=Path, required=True,
-                   help="dataset directory (generic.csv), GAICD directory, or a JSON/CPC annotation file")
+    p.add_argument("--data", type=Path, required=True, action="append",
+                   help="dataset directory (generic.csv), GAICD directory (its train split only), a JSON/CPC "
+                        "annotation file (image_crop.json too), or a CPC folder with CollectedAnnotationsRaw/; "
+                        "repeat to pre-train on several (GAICD + CPC jointly)")
+    p.add_argument("--split-list", type=Path,
+                   help='GAICD split list JSON {"train": [names], "test": [names]} for a flat GAICD folder '
+                        "(config key pre.split_list)")
     p.add_argument("--init", type=Path, help="start from this model file instead of random init")
     p.add_argument("--out", type=Path, required=True, help="model file to write")
     add_common_options(p)
@@ -248,7 +266,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="metrics of a model (and a user state) on a user's split")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--user-state", type=Path, help="user state from `fedpic personalize` (default: generic model)")
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset directory with users/, or an annotation source (GAICD folder: its --split, "
+                        "default test; JSON/CPC file or folder): then the generic model is scored on it")
+    p.add_argument("--split-list", type=Path, help="GAICD split list JSON for a flat GAICD folder")
     p.add_argument("--user", help="the user to evaluate (or --all-users)")
     p.add_argument("--all-users", action="store_true",
                    help="protocol over every user: personalize from --shots train images, score the test split")

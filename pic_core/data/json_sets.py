@@ -2,7 +2,12 @@
 
 * GAICD-style JSON: {name: {"bbox": [[x1, y1, x2, y2], ...], "score": [...]}}
 * CPC: {name: {"bboxes": [[x1, y1, x2, y2] x M], "scores": [[M numbers] per annotator]}};
-  the CropSet keeps the (U, M) annotator scores and their mean as `scores`.
+  the CropSet keeps the (U, M) annotator scores and their mean as `scores`. The flat
+  `image_crop.json` many cropping repos use ("scores": [M mean scores]) reads the same way,
+  without annotator scores.
+* CPC raw release: a folder of `<image name>.txt` files, each holding ONE image's entry
+  {"scores": [[M numbers] per worker], "bboxes": [[x1, y1, x2, y2] x M]} encoded as a
+  JSON string (so the file is a quoted string whose content is JSON): read_cpc_raw.
 
 Keys other than these are ignored. Errors name the file, the line where the image's
 entry starts and the field (e.g. `"bbox"[3]`); the writers put one image per line so
@@ -79,7 +84,9 @@ def _crop_set(kind: str, name: str, value: object, where: str, index: ImageIndex
             raise DataError(f"{entry}: expected an object with keys {box_key!r} and {score_key!r}")
         raw_boxes = _numbers(value[box_key], None, f'{entry}: field "{box_key}"')
         count = len(raw_boxes)
-        if kind == "json":
+        flat = kind == "cpc" and isinstance(value[score_key], list) and bool(value[score_key]) and all(
+            not isinstance(v, list) for v in value[score_key])  # image_crop.json: one mean per crop
+        if kind == "json" or flat:
             score_rows = [_numbers(value[score_key], count, f'{entry}: field "{score_key}"')]
         else:
             score_rows = _numbers(value[score_key], None, f'{entry}: field "{score_key}"')
@@ -103,7 +110,7 @@ def _crop_set(kind: str, name: str, value: object, where: str, index: ImageIndex
             continue
         try:
             for u, row in enumerate(score_rows):
-                suffix = f"[{j}]" if kind == "json" else f"[{u}][{j}]"
+                suffix = f"[{j}]" if kind == "json" or flat else f"[{u}][{j}]"
                 json_number(row[j], f'{entry}: field "{score_key}"{suffix}')
         except DataError as exc:
             problems.bad("bad score", str(exc))
@@ -115,8 +122,8 @@ def _crop_set(kind: str, name: str, value: object, where: str, index: ImageIndex
         return None
     table = np.array([[float(row[j]) for j in keep] for row in score_rows], dtype=np.float32)
     return CropSet(name=name, image_path=index.path(name), boxes=np.array(keep_boxes),
-                   scores=table[0] if kind == "json" else table.mean(axis=0),
-                   annotator_scores=None if kind == "json" else table, source=where)
+                   scores=table[0] if kind == "json" or flat else table.mean(axis=0),
+                   annotator_scores=None if kind == "json" or flat else table, source=where)
 
 
 def _read(kind: str, path: PathLike, images: Union[ImageIndex, PathLike], skip_bad: bool,
@@ -142,6 +149,52 @@ def read_cpc(path: PathLike, images: Union[ImageIndex, PathLike], skip_bad: bool
              max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadResult:
     """CPC JSON {name: {"bboxes": [...], "scores": [[...] per annotator]}} -> CropSets."""
     return _read("cpc", path, images, skip_bad, max_pixels)
+
+
+def _raw_entry(path: Path) -> object:
+    """The entry of one raw CPC file: JSON, usually a JSON string whose text is the entry."""
+    text = read_text(path)
+    try:
+        value = json.loads(text)
+        if isinstance(value, str):
+            value = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
+    return value
+
+
+def read_cpc_raw(folder: PathLike, images: Union[ImageIndex, PathLike], skip_bad: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadResult:
+    """The CPC release's per-image files (<image name>.txt, e.g. 1234.jpg.txt) -> CropSets (name order).
+
+    The image name is the file name without ".txt"; per-worker scores are kept as
+    annotator_scores and their mean is the crop's score.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of CPC annotation files")
+    index = as_index(images, max_pixels)
+    problems = Problems(folder, skip_bad)
+    crop_sets = []
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise DataError(f"{folder}: no CPC annotation files (<image name>.txt)")
+    for path in files:
+        try:
+            value = _raw_entry(path)
+        except DataError as exc:
+            problems.bad("image entry malformed", str(exc))
+            continue
+        if isinstance(value, dict) and isinstance(value.get("scores"), list) and value["scores"] and all(
+                not isinstance(v, list) for v in value["scores"]):
+            problems.bad("image entry malformed", f'{path}:1: field "scores": expected one list per worker')
+            continue
+        crop_set = _crop_set("cpc", path.name[: -len(".txt")], value, f"{path}:1", index, problems)
+        if crop_set:
+            crop_sets.append(crop_set)
+    return problems.result(crop_sets)
 
 
 def _plain(value: float) -> Union[int, float]:
