@@ -3,11 +3,12 @@
 One scenario on real Flower processes (loopback only), checked from several sides to keep the
 suite short on two cores:
   1. 3 registered devices + 1 device whose key was never registered (must be refused);
-  2. run 1 (3 rounds): device 2 is killed while it trains in round 1 -> the round completes
+  2. run 1 (2 rounds): device 2 is killed while it trains in round 1 -> the round completes
      with the other two after federation.round_timeout, the missing reply is counted; device 2
      then rejoins with the same key and state folder;
   3. the server (SuperLink + ServerApp) is killed during round 2 and restarted on the same
-     database; `--resume` continues after the last checkpointed round: rounds 1..3 each once.
+     database; `--resume` continues after the last checkpointed round: rounds 1..2 each once. (The final
+     refit is off here to keep the suite short; tests/test_prior_episodic.py covers it.)
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUND_TIMEOUT = 60  # honest rounds take ~40 s on 2 busy cores (process start-up dominates)
-OVERRIDES = ["federation.rounds=3", "federation.personal_epochs=1", "federation.eval_every=0",
+OVERRIDES = ["federation.rounds=2", "federation.personal_epochs=1", "federation.eval_every=0", "federation.refit=false",
              f"federation.round_timeout={ROUND_TIMEOUT}", "federation.max_images=2", "federation.min_replies=2"]
 
 
@@ -121,10 +122,10 @@ def test_a_device_killed_mid_round_does_not_stop_the_round(scenario):
 def test_the_restarted_server_resumes_without_losing_or_repeating_rounds(scenario):
     assert scenario["status"] == "finished:completed"
     rounds = [r["round"] for r in scenario["rounds"] if r["round"] > 0]
-    assert rounds == [1, 2, 3]
-    assert scenario["rounds_before_crash"][-1] in (1, 2)
+    assert rounds == [1, 2]
+    assert [r for r in scenario["rounds_before_crash"] if r > 0] == [1]  # killed during round 2, which the resumed run redoes
     # the device that rejoined takes part again after the restart
-    assert next(r for r in scenario["rounds"] if r["round"] == 3)["accepted"] == 3
+    assert next(r for r in scenario["rounds"] if r["round"] == 2)["accepted"] == 3
     load_model(scenario["deployment"].server_out / "model.pt")  # the final model is a readable fedpic file
 
 

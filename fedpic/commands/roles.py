@@ -73,6 +73,8 @@ def _server_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides or [])
     if args.rounds is not None:
         overrides.append(f"federation.rounds={args.rounds}")
+    if args.secure_aggregation:
+        overrides.append("federation.secure_aggregation=true")
     run_id = folder.submit(args.config, overrides, args.devices, args.resume, args.init)
     log.info("run %d submitted; waiting (flwr log %d %s, FLWR_HOME=%s)", run_id, run_id, "fedpic-server",
              folder.flwr_home)
@@ -140,6 +142,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="demo", help="fedpic YAML config: a file or a shipped name (default demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override sent to the ServerApp (repeatable)")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="Flower's SecAgg+: the server sees only the masked sum (needs strategy fedavg)")
     p.set_defaults(func=_one_line_errors(_server_run))
 
     device = subparsers.add_parser("device", help="a device on its own machine: key pair, join a server")
