@@ -17,7 +17,6 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import mobilenet_v2
 
 from .efficientnet_lite import TAP_SPLITS as LITE0_SPLITS
 from .efficientnet_lite import EfficientNetLite0, load_lite0_weights
@@ -43,6 +42,10 @@ def build_classifier(kind: str, width: float) -> nn.Module:
     if kind == "efficientnet_lite0":
         return EfficientNetLite0(width)
     if kind == "mobilenet_v2":
+        # imported here: torchvision.models pulls in torch._dynamo (~2 s), paid by every
+        # device process when the default Lite0 backbone does not need it
+        from torchvision.models import mobilenet_v2
+
         return mobilenet_v2(weights=None, width_mult=width)
     raise ValueError(f"unknown backbone {kind!r}; choose one of {', '.join(BACKBONES)}")
 

@@ -282,15 +282,16 @@ class Deployment:
         runs = json.loads(result.stdout).get("runs", [])
         return str(runs[0].get("status", "")) if runs else ""
 
-    def wait_run(self, run_id: int, timeout: float) -> str:
-        """Block until the run finishes; returns its final status (e.g. 'finished:completed')."""
+    def wait_run(self, run_id: int, timeout: float, poll: float = 5.0) -> str:
+        """Block until the run finishes; returns its final status (e.g. 'finished:completed').
+        Each poll starts a `flwr ls` process (about a second of CPU), so not more often than `poll`."""
         deadline = time.monotonic() + timeout
         status = ""
         while time.monotonic() < deadline:
             status = self.run_status(run_id)
             if status.startswith("finished"):
                 return status
-            time.sleep(2.0)
+            time.sleep(poll)
         raise DeployError(f"run {run_id} not finished after {timeout:.0f}s (status {status!r}); "
                           f"logs in {self.logs}")
 
