@@ -103,15 +103,33 @@ def decode_update(update: Mapping[str, np.ndarray], received: Mapping[str, np.nd
     return full
 
 
-def update_norm(full: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray]) -> float:
-    """L2 norm of (full - received) over the floating-point arrays: how far a device moved."""
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+"""Suffixes of BatchNorm buffers: statistics of the data a device saw, not weights it trained."""
+
+
+def is_statistic(key: str) -> bool:
+    return key.endswith(BN_STATISTICS)
+
+
+def update_norm(full: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray],
+                statistics: bool = False) -> float:
+    """L2 norm of (full - received) over the floating-point arrays: how far a device moved.
+
+    Trained weights only by default (`statistics=True`: the BatchNorm running statistics only):
+    running variances of a head's inputs are in the hundreds for a pretrained backbone's features
+    and move by that much between rounds, which would drown every weight update."""
     total = 0.0
     for key, value in full.items():
         value = np.asarray(value)
-        if np.issubdtype(value.dtype, np.floating):
+        if np.issubdtype(value.dtype, np.floating) and is_statistic(key) == statistics:
             diff = value.astype(np.float64) - np.asarray(received[key], np.float64)
             total += float(np.dot(diff.ravel(), diff.ravel()))
     return float(np.sqrt(total))
+
+
+def negative_variances(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """BatchNorm running variances with a negative entry (no data can produce one)."""
+    return [key for key, value in arrays.items() if key.endswith("running_var") and (np.asarray(value) < 0).any()]
 
 
 def all_finite(arrays: Mapping[str, np.ndarray]) -> bool:

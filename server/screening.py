@@ -2,10 +2,12 @@
 
 A reply is rejected, and counted, when it is malformed (no single ArrayRecord/MetricRecord,
 keys or shapes that do not fit the model, a PERSONAL key, no positive num-examples),
-non-finite (NaN/inf anywhere in the update or its metrics), or a norm outlier (L2 distance
-from the round's global model above `max_update_norm`, an absolute bound that holds whatever
-the number of replies, or above `outlier_factor` times the median distance of the round's
-replies when there are at least three, times the smaller one when there are two). Accepted
+non-finite (NaN/inf anywhere in the update or its metrics; a negative BatchNorm running
+variance), or a norm outlier: the L2 distance of its trained weights from the round's global
+model above `max_update_norm`, an absolute bound that holds whatever the number of replies, or
+above `outlier_factor` times the median distance of the round's replies when there are at least
+three, times the smaller one when there are two. BatchNorm running statistics are measured apart
+(their scale follows the data, not the learning rate) and face the relative rule only. Accepted
 replies are rewritten in place to carry full fp32 weights, so Flower's strategies aggregate
 plain weights whatever the transport encoding was.
 
@@ -26,7 +28,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from pic_core.exchange import ARRAYS, METRICS, NUM_EXAMPLES, UpdateError, all_finite, decode_update, \
-    payload_bytes, update_norm
+    negative_variances, payload_bytes, update_norm
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +110,25 @@ def screen_replies(replies: Iterable[Message], received: Mapping[str, np.ndarray
             result.malformed += 1
             log.warning("rejected the update of device %s: %s", source, exc)
             continue
-        if not all_finite(update) or not _metrics_ok(metrics):
+        if not all_finite(update) or not _metrics_ok(metrics) or negative_variances(full):
             result.nonfinite += 1
-            log.warning("rejected the update of device %s: non-finite values", source)
+            log.warning("rejected the update of device %s: non-finite values or negative variances", source)
             continue
-        candidates.append((reply, full, metrics, update_norm(full, received)))
+        candidates.append((reply, full, metrics, update_norm(full, received),
+                           update_norm(full, received, statistics=True)))
     reference = _reference_norm([c[3] for c in candidates])
-    for reply, full, metrics, norm in candidates:
+    reference_stats = _reference_norm([c[4] for c in candidates])
+    for reply, full, metrics, norm, stats_norm in candidates:
         too_far = max_update_norm is not None and norm > max_update_norm
         outlier = outlier_factor > 0 and reference is not None and norm > outlier_factor * max(reference, 1e-12)
-        if too_far or outlier:
+        stats_outlier = (outlier_factor > 0 and reference_stats is not None
+                         and stats_norm > outlier_factor * max(reference_stats, 1e-3))
+        if too_far or outlier or stats_outlier:
             result.outliers += 1
-            log.warning("rejected the update of device %s: norm %.4g (bound %s, reference %s)",
-                        reply.metadata.src_node_id, norm, max_update_norm,
-                        "none" if reference is None else f"{reference:.4g}")
+            log.warning("rejected the update of device %s: norm %.4g (bound %s, reference %s), statistics %.4g "
+                        "(reference %s)", reply.metadata.src_node_id, norm, max_update_norm,
+                        "none" if reference is None else f"{reference:.4g}", stats_norm,
+                        "none" if reference_stats is None else f"{reference_stats:.4g}")
             continue
         reply.content = RecordDict({ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in full.items()}),
                                     METRICS: metrics})

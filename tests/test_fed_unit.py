@@ -63,6 +63,8 @@ def _moved(arrays: dict[str, np.ndarray], scale: float = 1e-2, seed: int = 1) ->
     for k, v in arrays.items():
         if np.issubdtype(v.dtype, np.floating):
             out[k] = (v + scale * rng.standard_normal(v.shape)).astype(v.dtype)
+            if k.endswith("running_var"):  # a variance stays a variance (negative ones are refused apart)
+                out[k] = np.abs(out[k])
         else:
             out[k] = v + 3
     return out

@@ -300,3 +300,20 @@ def test_temp_files_of_killed_writers_are_removed(tmp_path):
     live.write_text("half")
     atomic_write_text(tmp_path / "r.json", "{}\n")
     assert not stale.exists() and live.exists() and (tmp_path / "r.json").read_text() == "{}\n"
+
+
+def test_batchnorm_statistics_do_not_count_as_movement_but_negative_variances_are_refused():
+    """Pretrained-backbone features give head BatchNorms running variances in the hundreds; an
+    honest round moves them by as much, which must not trip the weight-norm bound (it rejected
+    every demo update before); a negative variance (no data makes one) is refused."""
+    from pic_core.exchange import negative_variances, update_norm
+
+    received = {"head.0.weight": np.zeros((4, 4), np.float32), "head.1.running_var": np.full(4, 300.0, np.float32),
+                "head.1.running_mean": np.zeros(4, np.float32), "head.1.num_batches_tracked": np.array(7)}
+    full = dict(received, **{"head.0.weight": np.full((4, 4), 0.1, np.float32),
+                             "head.1.running_var": np.full(4, 900.0, np.float32)})
+    assert update_norm(full, received) == pytest.approx(0.4)  # the trained weights only
+    assert update_norm(full, received, statistics=True) == pytest.approx(1200.0)
+    assert negative_variances(full) == []
+    poisoned = dict(full, **{"head.1.running_var": np.array([1.0, -5.0, 1.0, 1.0], np.float32)})
+    assert negative_variances(poisoned) == ["head.1.running_var"]
