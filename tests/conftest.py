@@ -1,6 +1,7 @@
 """Shared fixtures: small real datasets on disk (JPEG images + CSV files), made per session."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import cv2
@@ -77,3 +78,14 @@ def tiny_model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_model") / "tiny.pt"
     save_model(path, CropScorer(config.model).eval(), to_dict(config), "test")
     return path
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 0.5):
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_toy_dataset
+from conftest import make_toy_dataset, wait_for as _wait
 from pic_core.checkpoint import load_model
 from server.deploy import Deployment, DeploymentSettings, Ports
 from server.pki import make_device_key
@@ -29,16 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ROUND_TIMEOUT = 60  # honest rounds take ~40 s on 2 busy cores (process start-up dominates)
 OVERRIDES = ["federation.rounds=2", "federation.personal_epochs=1", "federation.eval_every=0", "federation.refit=false",
              f"federation.round_timeout={ROUND_TIMEOUT}", "federation.max_images=2", "federation.min_replies=2"]
-
-
-def _wait(predicate, timeout: float, what: str, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _rounds(deployment: Deployment) -> list[dict]:

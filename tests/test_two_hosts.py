@@ -14,12 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import make_toy_dataset
+from conftest import make_toy_dataset, wait_for as _wait
 from server.round_log import LOG_FILE, read_rounds
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -96,16 +95,6 @@ def _env(flwr_home: Path) -> dict[str, str]:
 
 def _fedpic(ns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable, "-m", "fedpic", *args]
-
-
-def _wait(predicate, timeout: float, what: str, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

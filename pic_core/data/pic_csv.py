@@ -18,7 +18,7 @@ from typing import Optional, Union
 from .common import ImageIndex, PathLike, Problems, ReadResult, as_index, parse_number, read_text
 from .images import DEFAULT_MAX_PIXELS
 from .records import CropSet, DataError
-from .user_csv import _group_crop_set, _Row, parse_box, write_user_csv
+from .user_csv import _group_crop_set, _Row, numbered_rows, parse_box, write_user_csv
 
 PIC_SPLITS = {"train": "train", "val": "test"}
 """PIC's split folder -> fedpic's split."""
@@ -50,18 +50,7 @@ def read_pic_csv(path: PathLike, images: Union[ImageIndex, PathLike], split: Opt
         raise DataError(f"{path}:1: unreadable CSV header ({exc})") from None
     columns = _columns(path, header)
     groups: dict[str, list[_Row]] = {}
-    previous = reader.line_num
-    while True:
-        line = previous + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataError(f"{path}:{line}: malformed CSV ({exc})") from None
-        previous = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
+    for line, row in numbered_rows(path, reader):
         if len(row) != len(header):
             problems.bad("bad row", f"{path}:{line}: expected {len(header)} fields, got {len(row)}")
             continue

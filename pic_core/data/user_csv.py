@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -53,24 +53,30 @@ class _Row:
         self.line, self.box, self.score, self.split = line, box, score, split
 
 
-def _parse_rows(path: Path, text: str, problems: Problems) -> dict[str, list[_Row]]:
-    """Rows grouped by image name (first-appearance order); bad rows reported."""
-    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
-    header = _header(path, reader)
-    has_split = "split" in header
-    groups: dict[str, list[_Row]] = {}
+def numbered_rows(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """The non-blank rows of a csv.reader with the line each starts on; malformed CSV is a
+    DataError naming that line."""
     previous = reader.line_num
     while True:
         line = previous + 1
         try:
             row = next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as exc:
             raise DataError(f"{path}:{line}: malformed CSV ({exc})") from None
         previous = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
+        if any(cell.strip() for cell in row):
+            yield line, row
+
+
+def _parse_rows(path: Path, text: str, problems: Problems) -> dict[str, list[_Row]]:
+    """Rows grouped by image name (first-appearance order); bad rows reported."""
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header = _header(path, reader)
+    has_split = "split" in header
+    groups: dict[str, list[_Row]] = {}
+    for line, row in numbered_rows(path, reader):
         if len(row) != len(header):
             problems.bad("bad row", f"{path}:{line}: expected {len(header)} fields ({','.join(header)}), "
                                     f"got {len(row)}")
