@@ -64,6 +64,28 @@ def tiny_config():
     return load_config("tiny")
 
 
+@pytest.fixture()
+def model(tiny_config):
+    """A fresh `tiny` CropScorer (seed 0) in eval mode; a module may define its own `model`."""
+    from pic_core.model import CropScorer
+    from pic_core.runtime import set_seed
+
+    set_seed(0)
+    return CropScorer(tiny_config.model).eval()
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread: many tiny ops, and a simulated device's setting; 2-thread OpenMP regions
+    on a busy 2-core machine stall."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory) -> Path:
     """A randomly initialized `tiny` model saved as a model file (seed 0)."""

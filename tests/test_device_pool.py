@@ -21,25 +21,11 @@ from fed_capture import device_context, server_message
 from pic_core.config import ConfigError, load_config
 from pic_core.data.dataset import Dataset
 from pic_core.exchange import CONFIG, FEDPIC_CONFIG, POOL_PARTITION
-from pic_core.model import CropScorer
-from pic_core.runtime import set_seed
 from server.round_log import read_rounds
 from server.sampling import POOL_AUTO_THRESHOLD, DevicePool, pool_nodes, use_device_pool
 from server.strategy import Sampling
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture()
-def model(tiny_config) -> CropScorer:
-    set_seed(0)
-    return CropScorer(tiny_config.model).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def _naming(message, user_index):

@@ -28,29 +28,15 @@ from pic_core.model import CropScorer
 from pic_core.params import BACKBONE_TAP_PREFIXES, is_backbone_tap, is_personal, shared_keys, shared_state, \
     to_numpy
 from pic_core.samples import SampleCache
-from pic_core.runtime import set_seed
 from pic_core.train import cached_crop_features, train_personal, train_shared
 from server.checkpoint import ServerState, load_server_state, save_server_state
 from server.round_log import RoundLog, read_rounds
 from server.screening import screen_replies
 from server.strategy import FedAvgMStats, build_strategy, restore_strategy_state, sampling, strategy_state
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny config's threads: 1 (a simulated device's setting); 2 threads on a busy 2-core box crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture()
-def model(tiny_config) -> CropScorer:
-    set_seed(0)
-    return CropScorer(tiny_config.model).eval()
 
 
 def _arrays(model: CropScorer) -> dict[str, np.ndarray]:

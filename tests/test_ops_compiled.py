@@ -24,15 +24,6 @@ pytestmark = pytest.mark.skipif(not compiled_available(), reason="pic_core._C is
 FEDPIC = torch.ops.fedpic if compiled_available() else None
 
 
-@pytest.fixture
-def one_thread():
-    """Many tiny op calls: on a busy machine, 2-thread OpenMP regions in torch's own ops stall."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def assert_parity(features, boxes, output_size: int, **tolerance) -> None:
     """Compiled and reference forward and gradient agree."""
     features = features.detach().requires_grad_(True)

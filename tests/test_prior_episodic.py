@@ -31,13 +31,7 @@ from pic_core.runtime import set_seed
 from pic_core.samples import SampleCache
 from pic_core.train import evaluate, personal_fit, pretrain, train_episodes, train_prior
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture()
