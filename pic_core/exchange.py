@@ -108,6 +108,7 @@ BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def is_statistic(key: str) -> bool:
+    """A BatchNorm buffer (screened apart from the weights; FedAvgM averages it plainly)."""
     return key.endswith(BN_STATISTICS)
 
 

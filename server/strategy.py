@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
     FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
 from pic_core.config import ConfigError, FederationConfig
-from pic_core.exchange import ARRAYS, CONFIG, NUM_EXAMPLES
+from pic_core.exchange import ARRAYS, CONFIG, NUM_EXAMPLES, is_statistic
 
 class FedAvgMStats(FedAvgM):
     """Flower's FedAvgM with BatchNorm running statistics (and counters) averaged plainly: server
@@ -33,15 +33,11 @@ class FedAvgMStats(FedAvgM):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None or plain is None:
             return arrays, metrics
-        out = ArrayRecord({k: plain[k] if is_running_statistic(k) else arrays[k] for k in arrays})
+        # BatchNorm statistics: the plain average, never extrapolated by the server step
+        out = ArrayRecord({k: plain[k] if is_statistic(k) else arrays[k] for k in arrays})
         if self.server_opt:
             self.current_arrays = out
         return out, metrics
-
-
-def is_running_statistic(key: str) -> bool:
-    """BatchNorm buffers: running mean/variance and the batch counter (averaged, never extrapolated)."""
-    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
 STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
