@@ -42,13 +42,16 @@ def backbone_fingerprint(model: CropScorer) -> str:
 class TapSampleCache(SampleCache):
     """A SampleCache whose samples carry backbone taps instead of images.
 
-    folder=None keeps the taps in memory for this object's life only (no disk cache).
+    folder=None keeps the taps in memory for this object's life only (no disk cache). float16 taps
+    halve a device's cache file; float32 ones score exactly as the backbone pass would (evaluation).
     """
 
-    def __init__(self, model: CropScorer, folder: Optional[Path], device: Optional[torch.device] = None):
+    def __init__(self, model: CropScorer, folder: Optional[Path], device: Optional[torch.device] = None,
+                 dtype: torch.dtype = torch.float16):
         super().__init__(model.config.short_side)
         self.model = model
         self.device = device
+        self.dtype = dtype
         self.fingerprint = backbone_fingerprint(model)
         self.path = Path(folder) / f"taps-{self.fingerprint}.pt" if folder is not None else None
         self.entries: dict[str, dict] = {}
@@ -74,7 +77,7 @@ class TapSampleCache(SampleCache):
         if entry is None:
             plain = super().sample(crop_set, user)
             self._images.pop(Path(crop_set.image_path), None)  # the taps replace the decoded image
-            taps = backbone_taps(self.model, plain, self.device)
+            taps = backbone_taps(self.model, plain, self.device, self.dtype)
             entry = {"taps": taps, "resized": tuple(plain.network_size), "original": tuple(plain.original_size)}
             self.entries[crop_set.name] = entry
             self.computed += 1

@@ -27,6 +27,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
+from client.features import TapSampleCache, backbone_fingerprint
 from pic_core.config import Config, ConfigError
 from pic_core.data.records import UserData
 from pic_core.model import CropScorer
@@ -98,6 +99,31 @@ class Row:
     method: str
     score: Callable[[Sequence[UserData], int, Optional[PersonalHook]], PopulationResult]
     per_shot: bool = True  # False: N does not change its figures (scored once, filed under every N)
+
+
+class BackboneCaches:
+    """Evaluation samples per distinct backbone, carrying its taps (float32, exact).
+
+    Every row runs the backbone over the same test and shot images, and the pre model, its
+    objective-only copy and a federated model trained with freeze_backbone share one backbone:
+    keyed by backbone_fingerprint, each image is decoded and encoded once per backbone instead of
+    once per row and user (the demo's evaluation: 182 s -> see benchmarks/RESULTS.md). Fine-tuning
+    every weight (finetune.mode full) trains the backbone, so it gets `images` instead.
+    """
+
+    def __init__(self, config: Config, images: SampleCache, device: Optional[torch.device] = None):
+        self.config = config
+        self.images = images
+        self.device = device
+        self._caches: dict[str, TapSampleCache] = {}
+
+    def __call__(self, model: CropScorer) -> SampleCache:
+        if self.config.finetune.mode != "fast":
+            return self.images
+        key = backbone_fingerprint(model)
+        if key not in self._caches:
+            self._caches[key] = TapSampleCache(model, None, self.device, dtype=torch.float32)
+        return self._caches[key]
 
 
 def fixed_row(method: str, model: CropScorer, config: Config, cache: SampleCache,

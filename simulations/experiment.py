@@ -30,7 +30,7 @@ from pic_core.runtime import configure_runtime
 from pic_core.train import TrainLog
 
 from .baselines import METHODS, LocalOnlySettings, load_users, train_generic, train_local_only, train_prior_model
-from .evaluation import (check_settings, evaluate_rows, objective_only, oracle_row, per_user_row, pre_rows,
+from .evaluation import (BackboneCaches, check_settings, evaluate_rows, objective_only, oracle_row, per_user_row, pre_rows,
                          row_label, shared_rows)
 from .gallery import GALLERY_FILE, GalleryRecorder, plan_gallery, user_families
 from .paths import recorded_paths, resolve_recorded
@@ -139,9 +139,10 @@ def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[s
     families = user_families(data_dir)
     recorder = GalleryRecorder(plan_gallery(users, data_dir, gallery_users), data_dir, device)
     recorder.add_generic(objective_only(pre_model))
-    rows = pre_rows(pre_model, config, cache, device, methods=methods)
+    caches = BackboneCaches(config, cache, device)
+    rows = pre_rows(pre_model, config, caches(pre_model), device, methods=methods)
     if prior_model is not None:
-        rows += shared_rows(prior_model, "centralized", config, cache, device, methods=methods)
+        rows += shared_rows(prior_model, "centralized", config, caches(prior_model), device, methods=methods)
     if "local" in methods:
         settings = local or LocalOnlySettings()
         rows.append(per_user_row("local", lambda u, n: train_local_only(u, n, config, settings, cache, device),

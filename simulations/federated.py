@@ -54,7 +54,8 @@ from server.round_log import LOG_FILE, read_rounds
 from server.sampling import pool_nodes, use_device_pool
 
 from .baselines import load_users, train_generic
-from .evaluation import ROW_LABELS, Evaluation, evaluate_rows, objective_only, per_user_row, pre_rows, shared_rows
+from .evaluation import (ROW_LABELS, BackboneCaches, Evaluation, evaluate_rows, objective_only, per_user_row,
+                         pre_rows, shared_rows)
 from .experiment import RESULTS_FILE, population_info, results_payload
 from .experiment import write_results as write_payload
 from .gallery import GALLERY_FILE, GalleryRecorder, plan_gallery, user_families
@@ -245,19 +246,19 @@ def evaluate_population(plan: SimulationPlan, users: Sequence[str], suffix: str 
     dataset = Dataset(plan.data_dir)
     data = [dataset.user(uid) for uid in users]
     shots = config.finetune.shots
-    cache = SampleCache(model.config.short_side)
+    caches = BackboneCaches(config, SampleCache(model.config.short_side), device)
     du = config.evaluation.du_only
     recorder = GalleryRecorder(plan_gallery(data, plan.data_dir), plan.data_dir, device) if not suffix else None
     rows = []
     if plan.init_model is not None:
         start, meta = load_model(plan.init_model, device)
         if meta.get("stage") == "pre":
-            rows += pre_rows(start, config, cache, device, du=du)
+            rows += pre_rows(start, config, caches(start), device, du=du)
             if recorder is not None:
                 recorder.add_generic(objective_only(start))
-    rows += shared_rows(model, "federated", config, cache, device, du=du)
+    rows += shared_rows(model, "federated", config, caches(model), device, du=du)
     rows.append(per_user_row("federated-stored", stored_state_model(model, plan.out_dir / DEVICES_DIR), config,
-                             cache, device, per_shot=False))
+                             caches(model), device, per_shot=False))
 
     def hook_for(method: str, n: int):
         return recorder if method == "federated" and n == shots else None

@@ -14,8 +14,8 @@ from pic_core.metrics import mean_ci
 from pic_core.params import personal_state
 from pic_core.samples import SampleCache
 from simulations.baselines import load_users, train_generic, train_prior_model
-from simulations.evaluation import (curve_sample, du_only, evaluate_rows, oracle_row, pre_rows, row_label,
-                                    shared_rows, short_label)
+from simulations.evaluation import (BackboneCaches, curve_sample, du_only, evaluate_rows, objective_only, oracle_row,
+                                    pre_rows, row_label, shared_rows, short_label)
 from simulations.experiment import read_results, run_centralized
 from simulations.report import REPORT_FILE, build_report
 from test_baselines import make_population
@@ -102,6 +102,28 @@ def test_du_only_rows_keep_d_u_alone_and_pre_finetune_is_the_same_path(setting, 
     assert any(full[k].any() for k in offsets)  # the full few-shot path trains them
     assert du_only(setting["config"]).finetune.head_lr == 0.0
     assert setting["config"].finetune.head_lr > 0  # the original config is left alone
+
+
+def test_rows_on_backbone_taps_score_exactly_as_on_images_with_one_backbone_pass_per_image(setting, evaluation):
+    config, users, pre = setting["config"], setting["users"], setting["pre"]
+    caches = BackboneCaches(config, setting["cache"])
+    head_moved = copy.deepcopy(pre)
+    with torch.no_grad():
+        head_moved.prior_embedding.add_(0.5)  # what a federation with freeze_backbone changes: not the backbone
+    assert caches(pre) is caches(head_moved) is caches(objective_only(pre))
+    rows = pre_rows(pre, config, caches(pre)) + shared_rows(setting["prior"], "centralized", config,
+                                                            caches(setting["prior"]))
+    on_taps = {(r.method, r.shots): r.per_user for r in evaluate_rows(rows, users, config, [2]).results}
+    plain, _ = evaluation
+    for result in plain.results:
+        if result.method != "oracle":
+            assert on_taps[(result.method, result.shots)] == result.per_user, (result.method, result.shots)
+    curve = {u.user_id for u in curve_sample(users, config.evaluation.curve_users)}  # N = 3 there, else N <= 2
+    images = {c.name for u in users for c in u.split("train")[:3 if u.user_id in curve else 2] + u.split("test")}
+    assert caches(pre).computed == len(images)  # every row and N, yet each image through the backbone once
+    full = copy.deepcopy(config)
+    full.finetune.mode = "full"  # trains the backbone: taps would freeze it
+    assert BackboneCaches(full, setting["cache"])(pre) is setting["cache"]
 
 
 def test_curve_sample_is_spread_and_stable():
