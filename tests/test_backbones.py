@@ -16,7 +16,7 @@ from torchvision.models import mobilenet_v2
 from pic_core.backbone import MultiScaleBackbone, load_mobilenet_weights
 from pic_core.checkpoint import load_model, read_payload, save_model, MODEL_FORMAT
 from pic_core.config import ConfigError, ModelConfig, load_config
-from pic_core.efficientnet_lite import EfficientNetLite0, load_lite0_weights, package_weights_path
+from pic_core.efficientnet_lite import EfficientNetLite0, SamePadConv2d, load_lite0_weights, package_weights_path
 from pic_core.model import CropScorer
 from pic_core.params import is_backbone_tap
 
@@ -24,6 +24,19 @@ skimage_data = pytest.importorskip("skimage.data")
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (5, 1), (3, 2), (5, 2), (1, 1)])
+def test_same_padding_is_tensorflows_on_even_inputs(kernel, stride):
+    """TensorFlow "same": stride 1 pads (k - 1) / 2 on every side, stride 2 one pixel more after."""
+    torch.manual_seed(0)
+    conv = SamePadConv2d(4, 4, kernel, stride, groups=4)
+    x = torch.randn(1, 4, 16, 12)
+    total = kernel - 1 if stride == 1 else kernel - stride
+    padded = torch.nn.functional.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+    expected = torch.nn.functional.conv2d(padded, conv.weight, stride=stride, groups=4)
+    assert conv(x).shape[-2:] == (16 // stride, 12 // stride)
+    torch.testing.assert_close(conv(x), expected)
 
 
 def _imagenet_input(image: np.ndarray, side: int = 224) -> torch.Tensor:
