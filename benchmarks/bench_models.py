@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from pic_core.checkpoint import save_model
@@ -84,7 +85,14 @@ def machine() -> dict:
             "load_average_1_5_15": [round(v, 2) for v in load]}
 
 
+def _numpy_scalar(value):
+    """json.dumps fallback: numpy scalars (np.bool_, np.float32, ...) as Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(payload, indent=2, default=_numpy_scalar) + "\n")
     print(f"wrote {path}")
