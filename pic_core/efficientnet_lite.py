@@ -66,8 +66,8 @@ class SamePadConv2d(nn.Conv2d):
         # stride 1: "same" is symmetric, so the convolution pads by itself (a separate F.pad cost
         # a fifth of the backbone's CPU time); stride 2 pads one pixel more at the bottom/right
         symmetric = stride == 1
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2 if symmetric
-                         else 0, groups=groups, bias=False)
+        padding = (kernel_size - 1) // 2 if symmetric else 0
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=padding, groups=groups, bias=False)
         total = 0 if symmetric else kernel_size - stride
         before = total // 2
         self.pads = (before, total - before, before, total - before)  # left, right, top, bottom

@@ -107,7 +107,7 @@ class BackboneCaches:
     Every row runs the backbone over the same test and shot images, and the pre model, its
     objective-only copy and a federated model trained with freeze_backbone share one backbone:
     keyed by backbone_fingerprint, each image is decoded and encoded once per backbone instead of
-    once per row and user (the demo's evaluation: 182 s -> see benchmarks/RESULTS.md). Fine-tuning
+    once per row and user (the demo's evaluation: 182 s -> 122 s, benchmarks/RESULTS.md). Fine-tuning
     every weight (finetune.mode full) trains the backbone, so it gets `images` instead.
     """
 

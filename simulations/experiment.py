@@ -30,8 +30,8 @@ from pic_core.runtime import configure_runtime
 from pic_core.train import TrainLog
 
 from .baselines import METHODS, LocalOnlySettings, load_users, train_generic, train_local_only, train_prior_model
-from .evaluation import (BackboneCaches, check_settings, evaluate_rows, objective_only, oracle_row, per_user_row, pre_rows,
-                         row_label, shared_rows)
+from .evaluation import (BackboneCaches, check_settings, evaluate_rows, objective_only, oracle_row, per_user_row,
+                         pre_rows, row_label, shared_rows)
 from .gallery import GALLERY_FILE, GalleryRecorder, plan_gallery, user_families
 from .paths import recorded_paths, resolve_recorded
 

@@ -256,9 +256,10 @@ def evaluate_population(plan: SimulationPlan, users: Sequence[str], suffix: str 
             rows += pre_rows(start, config, caches(start), device, du=du)
             if recorder is not None:
                 recorder.add_generic(objective_only(start))
-    rows += shared_rows(model, "federated", config, caches(model), device, du=du)
+    federated = caches(model)
+    rows += shared_rows(model, "federated", config, federated, device, du=du)
     rows.append(per_user_row("federated-stored", stored_state_model(model, plan.out_dir / DEVICES_DIR), config,
-                             caches(model), device, per_shot=False))
+                             federated, device, per_shot=False))
 
     def hook_for(method: str, n: int):
         return recorder if method == "federated" and n == shots else None
