@@ -295,10 +295,11 @@ def scale(config: Config, work: Path, devices: int, per_round: int, rounds: int,
         run_simulation(config, data, out, init_model=pre, evaluate=False)
     records = [r for r in read_rounds(out / "rounds.jsonl") if r["round"] > 0]
     trained = [d for d in (out / "devices").iterdir() if d.is_dir()] if (out / "devices").is_dir() else []
+    pool_nodes = json.loads((out / "results.json").read_text()).get("device_pool_nodes") or 0
     return {
         "devices": devices, "devices_per_round": per_round, "rounds": len(records),
         "device_pool": bool(records and records[0].get("device_pool")),
-        "flower_nodes": per_round if records and records[0].get("device_pool") else devices,
+        "flower_nodes": pool_nodes or devices,  # as registered by the run (results.json), not assumed
         "round_seconds": [round(r["train_seconds"], 2) for r in records],
         "mean_round_seconds": sum(r["train_seconds"] for r in records) / max(len(records), 1),
         "median_round_seconds": statistics.median(r["train_seconds"] for r in records) if records else None,

@@ -132,6 +132,7 @@ class Federation:
             raise CheckpointError(f"{self.checkpoint_path} exists: pass --resume to continue that run, or use "
                                   "another output folder")
         connected = connected_devices(grid, settings.devices)
+        self.nodes = connected
         self.pool = DevicePool(settings.pool_population) if settings.pool_population > 0 else None
         if self.pool and self.fed.secure_aggregation:
             raise ConfigError("federation.secure_aggregation: not with the device pool (each SecAgg+ party must "
@@ -159,10 +160,17 @@ class Federation:
         """Federated evaluation of the current model: (weighted metrics, devices, seconds)."""
         start = time.perf_counter()
         seed = self.config.seed * 1_000_003 + server_round + 500_009
-        random.seed(seed)  # Flower samples with `random`
-        messages, _ = self._pooled(list(self.strategy.configure_evaluate(
-            server_round, self._array_record(), self._config_record(), self.grid)), seed)
-        replies = self._send(messages)
+        if self.pool is None:
+            random.seed(seed)  # Flower samples with `random`
+            replies = self._send(list(self.strategy.configure_evaluate(
+                server_round, self._array_record(), self._config_record(), self.grid)))
+        else:  # more users than pool nodes: waves, each wave's nodes play the wave's users
+            replies = []
+            for wave, users in enumerate(self.pool.waves(self.pool.users(self.plan.eval_devices, seed), self.nodes)):
+                random.seed(seed + wave)
+                messages = list(self.strategy.configure_evaluate(
+                    server_round, self._array_record(), self._config_record(), self.grid))[:len(users)]
+                replies += self._send(self.pool.name(messages, users))
         ok = [r for r in replies if not r.has_error()]
         metrics = self.strategy.aggregate_evaluate(server_round, ok) if ok else None
         return (dict(metrics) if metrics is not None else None), len(ok), time.perf_counter() - start

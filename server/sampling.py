@@ -36,9 +36,10 @@ def use_device_pool(setting: Union[bool, str], population: int) -> bool:
 
 
 def pool_nodes(fed: FederationConfig, population: int) -> int:
-    """Simulated nodes a device pool needs: the most devices one round trains or evaluates."""
-    plan = sampling(fed, population)
-    return max(plan.train_devices, plan.eval_devices)
+    """Simulated nodes a device pool registers: the devices one round trains. Not the evaluated
+    devices: eval_fraction of a large population would register thousands of nodes (every one
+    polled every 0.1 s, even with evaluation off); an evaluation runs in waves of this many."""
+    return sampling(fed, population).train_devices
 
 
 @dataclass(frozen=True)
@@ -46,20 +47,30 @@ class DevicePool:
     population: int  # users the server samples from (population indices 0..population-1)
 
     def node_plan(self, plan: Sampling, nodes: int) -> Sampling:
-        """The strategy's sampling over the pool's nodes (each round uses that many of them)."""
-        if nodes < max(plan.train_devices, plan.eval_devices):
-            raise ConfigError(f"device pool: {nodes} nodes connected, a round needs "
-                              f"{max(plan.train_devices, plan.eval_devices)}")
-        return Sampling(nodes, plan.train_devices, plan.eval_devices)
+        """The strategy's sampling over the pool's nodes: a training round uses `train_devices` of
+        them, an evaluation wave at most all of them (waves)."""
+        if nodes < plan.train_devices:
+            raise ConfigError(f"device pool: {nodes} nodes connected, a round needs {plan.train_devices}")
+        return Sampling(nodes, plan.train_devices, min(plan.eval_devices, nodes))
+
+    @staticmethod
+    def waves(users: list[int], nodes: int) -> list[list[int]]:
+        """`users` in consecutive groups of at most `nodes`: one group per send to the pool's nodes."""
+        return [users[start:start + nodes] for start in range(0, len(users), max(nodes, 1))]
 
     def users(self, count: int, seed: int) -> list[int]:
         """`count` distinct population indices, the same for the same seed."""
         return random.Random(seed).sample(range(self.population), min(count, self.population))
 
     def assign(self, messages: list[Message], seed: int) -> tuple[list[Message], list[int]]:
-        """The messages, each naming its own sampled user (a copy of the config record per message:
-        Flower's strategies give every message the same record)."""
+        """The messages, each naming its own sampled user."""
         users = self.users(len(messages), seed)
+        return self.name(messages, users), users
+
+    @staticmethod
+    def name(messages: list[Message], users: list[int]) -> list[Message]:
+        """Message i names users[i] (a copy of the config record per message: Flower's strategies
+        give every message the same record)."""
         named = []
         for message, user in zip(messages, users):
             content = RecordDict(dict(message.content.items()))
@@ -67,4 +78,4 @@ class DevicePool:
             metadata = message.metadata
             named.append(Message(content, metadata.dst_node_id, metadata.message_type, group_id=metadata.group_id,
                                  ttl=metadata.ttl))
-        return named, users
+        return named

@@ -99,14 +99,20 @@ def test_server_samples_distinct_seeded_users_and_names_one_per_message(tiny_con
     assert pool.node_plan(Sampling(50, 3, 2), nodes=3) == Sampling(3, 3, 2)
     with pytest.raises(ConfigError, match="2 nodes connected"):
         pool.node_plan(Sampling(50, 3, 2), nodes=2)
+    # more evaluated users than nodes: the strategy samples all nodes, the server sends waves
+    assert pool.node_plan(Sampling(50, 3, 7), nodes=3) == Sampling(3, 3, 3)
+    assert DevicePool.waves([5, 1, 9, 4, 7, 2, 8], 3) == [[5, 1, 9], [4, 7, 2], [8]]
 
 
 def test_device_pool_setting_auto_true_false(tiny_config):
     assert not use_device_pool("auto", POOL_AUTO_THRESHOLD) and use_device_pool("auto", POOL_AUTO_THRESHOLD + 1)
     assert use_device_pool(True, 3) and not use_device_pool(False, 10 ** 6)
     config = load_config("tiny", overrides={"federation.device_pool": True, "federation.devices_per_round": 4,
-                                            "federation.eval_devices": 6})
-    assert pool_nodes(config.federation, 1000) == 6
+                                            "federation.eval_devices": 6, "federation.eval_fraction": 0.5})
+    assert pool_nodes(config.federation, 1000) == 4  # the trained devices; evaluation goes in waves
+    config.federation.devices_per_round, config.federation.eval_devices = 0, 0
+    config.federation.fraction = 0.002
+    assert pool_nodes(config.federation, 10_000) == 20  # not eval_fraction x 10,000
     with pytest.raises(ConfigError, match="federation.device_pool: must be one of"):
         load_config("tiny", overrides={"federation.device_pool": "sometimes"})
 
@@ -114,13 +120,14 @@ def test_device_pool_setting_auto_true_false(tiny_config):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_pool_simulation_gives_each_sampled_user_its_own_state_and_the_usual_results(tmp_path):
-    """5 users, 2 per round on 2 pool nodes (Flower's real engine), 2 rounds + evaluation."""
+    """5 users, 2 per round on 2 pool nodes (Flower's real engine), 2 rounds + evaluation of 3
+    users per round in two waves (2 + 1)."""
     from simulations.experiment import read_results
     from simulations.simulate import run_simulation
 
     data = make_toy_dataset(tmp_path / "data", users=5)
     config = load_config("tiny", overrides={
-        "pre.epochs": 1, "federation.rounds": 2, "federation.devices_per_round": 2, "federation.eval_devices": 2,
+        "pre.epochs": 1, "federation.rounds": 2, "federation.devices_per_round": 2, "federation.eval_devices": 3,
         "federation.eval_every": 1, "federation.personal_epochs": 1, "federation.population": 4,
         "federation.device_pool": True, "finetune.epochs": 2})
     out = tmp_path / "out"
@@ -132,7 +139,7 @@ def test_pool_simulation_gives_each_sampled_user_its_own_state_and_the_usual_res
     for record in rounds[1:]:
         assert record["population"] == 4 and record["sampled"] == record["accepted"] == 2
         assert len(set(record["pool_users"])) == 2 and all(0 <= u < 4 for u in record["pool_users"])
-        assert record["eval_devices"] == 2 and record["evaluate"]["personalized-acc1_5"] is not None
+        assert record["eval_devices"] == 3 and record["evaluate"]["personalized-acc1_5"] is not None
         for index in record["pool_users"]:
             trained.setdefault(users[index], []).append(record["round"])
     states = {p.parent.name: torch.load(p, weights_only=True) for p in (out / "devices").glob("*/personal.pt")}
