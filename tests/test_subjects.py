@@ -8,7 +8,7 @@ import torch
 from pic_core.config import ModelConfig, load_config
 from pic_core.cropper import Cropper
 from pic_core.model import CropScorer
-from pic_core.subjects import Subjects, apply_subject_rule, detect_faces, find_subjects, heads_from_faces
+from pic_core.subjects import Subjects, apply_subject_rule, detect_faces, edge_saliency, find_subjects, heads_from_faces
 from real_photos import RATIOS, SUBJECTS, load_photo, subject_kept
 
 PEOPLE = ("astronaut", "grace_hopper")
@@ -57,6 +57,38 @@ def test_rule_drops_crops_that_cut_a_head():
     adjusted = apply_subject_rule(boxes, np.array([0.0, 0.1, 0.0, 0.2, -0.2]), salient)
     assert adjusted[1] < adjusted[0]  # cutting 80% of the salient region costs more than a small score gain
     assert adjusted.argmax() == 3
+
+
+def test_an_edge_through_the_subject_costs_more_than_one_beside_it():
+    """edge_saliency: the mean saliency along a crop's most salient inner edge (an edge on the photo's
+    border cuts nothing); the rule ranks the crop whose edge misses the subject first."""
+    saliency = np.zeros((40, 60))
+    saliency[10:30, 20:40] = 1.0  # the subject, in a 400 x 600 photo: x 200-400, y 100-300
+    boxes = np.array([[0, 0, 600, 400],     # the whole photo: no inner edge
+                      [0, 150, 600, 400],   # top edge across the subject (y 150)
+                      [0, 0, 600, 350],     # bottom edge below the subject
+                      [300, 0, 600, 400]])  # left edge through the subject's middle (x 300)
+    edges = edge_saliency(boxes, saliency, (400, 600))
+    np.testing.assert_allclose(edges, [0.0, 20 / 60, 0.0, 20 / 40])
+    rng = np.random.default_rng(0)
+    noisy = rng.random((30, 45))
+    for x1, y1, x2, y2 in rng.uniform(0, 1, (20, 4)) * [600, 400, 600, 400]:
+        box = np.array([[min(x1, x2), min(y1, y2), max(x1, x2) + 20, max(y1, y2) + 20]]).clip(0, [600, 400] * 2)
+        c1, r1 = int(round(box[0, 0] * 45 / 600)), int(round(box[0, 1] * 30 / 400))
+        c2 = max(c1, min(int(round(box[0, 2] * 45 / 600)) - 1, 44))
+        r2 = max(r1, min(int(round(box[0, 3] * 30 / 400)) - 1, 29))
+        c1, r1 = min(c1, 44), min(r1, 29)
+        sides = [(box[0, 1] > 0.5, noisy[r1, c1:c2 + 1]), (box[0, 3] < 399.5, noisy[r2, c1:c2 + 1]),
+                 (box[0, 0] > 0.5, noisy[r1:r2 + 1, c1]), (box[0, 2] < 599.5, noisy[r1:r2 + 1, c2])]
+        expected = max([side.mean() for inner, side in sides if inner], default=0.0)
+        assert edge_saliency(box, noisy, (400, 600))[0] == pytest.approx(expected)
+    # A's top edge runs through the subject (it keeps 90% of the salient mass: no mass penalty), B's
+    # edges miss it: a slightly better model score does not buy the cut; without the map, A wins
+    boxes = np.array([[0, 120, 600, 400], [0, 0, 600, 350], [0, 0, 600, 400]])
+    scores = np.array([0.1, 0.0, -0.5])
+    subjects = Subjects(saliency=saliency)
+    assert apply_subject_rule(boxes, scores, subjects, (400, 600)).argmax() == 1
+    assert apply_subject_rule(boxes, scores, subjects, None).argmax() == 0
 
 
 def test_top_crop_keeps_the_subject(photos, free_cropper):
