@@ -16,7 +16,8 @@ attacked arms device 3 sends its update scaled x100 and device 7 sends NaN. Arms
   two-attacked-fedavg       2 devices, device 1 sends x100: default screening with 2 replies
   two-attacked-fedavg-noscreen  the same with the norm screening off
 Every arm starts from the same pre-stage model and is evaluated with the evaluation protocol
-(generic and few-shot personalized acc1_5 over the 10 users). Writes runs/bench/attack.json.
+(generic and few-shot personalized acc1_5 at the main N over the 10 users, and each arm's drop
+against its reference paired over users with a 95% CI). Writes runs/bench/attack.json.
 
     python benchmarks/attack.py [--data DIR] [--config tiny] [--rounds 3]
 
@@ -31,6 +32,9 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +42,7 @@ from bench_models import demo_population  # noqa: E402
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from pic_core.config import load_config  # noqa: E402
+from pic_core.metrics import mean_ci  # noqa: E402
 from pic_core.data.dataset import Dataset  # noqa: E402
 from simulations.attacks import attack_mod  # noqa: E402
 from simulations.federated import SimulationPlan, pretrain_model, split_population  # noqa: E402
@@ -61,11 +66,11 @@ ARMS = {  # name: (strategy, overrides, attackers {partition-id: kind}, devices 
     "two-attacked-fedavg": ("fedavg", {}, {1: "scale"}, 2),
     "two-attacked-fedavg-noscreen": ("fedavg", NOSCREEN, {1: "scale"}, 2),
 }
-REFERENCE = {"two-dropout-fedavg": "two-clean-fedavg", "two-attacked-fedavg": "two-dropout-fedavg",
+REFERENCE = {"two-clean-fedavg": None, "two-dropout-fedavg": "two-clean-fedavg", "two-attacked-fedavg": "two-dropout-fedavg",
              "two-attacked-fedavg-noscreen": "two-dropout-fedavg"}
 """Which arm each is compared with (default clean-fedavg). In a 2-reply round the best a defence
 can do is to drop the attacker's reply: the reference is the same round with that device's
-reply always rejected (NaN), i.e. the honest device alone."""
+reply always rejected (NaN), i.e. the honest device alone. None: a reference itself."""
 TOLERANCE = 0.02  # acc1_5 points (as a fraction) a robust arm may lose against the clean run
 
 
@@ -73,12 +78,30 @@ ROWS = {"generic": "federated-generic", "personalized": "federated"}
 """Which row of the run's results.json ("fedpic-results") each figure reads."""
 
 
-def acc(results: dict, which: str) -> float:
-    """Mean acc1_5 over users; a model that scores every crop NaN picks no crop: 0."""
+def per_user(results: dict, which: str) -> Optional[dict[str, float]]:
+    """acc1_5 per user at the run's main N (every user; the other N of the curve are on a sample of
+    evaluation.curve_users only); None for a model that scores every crop NaN (it picks no crop)."""
     if results.get("model_broken"):
-        return 0.0
-    row = next(r for r in results["results"] if r["method"] == ROWS[which])
-    return float(row["summary"]["acc1_5"]["mean"])
+        return None
+    row = next(r for r in results["results"] if r["method"] == ROWS[which] and r["shots"] == results["main_shots"])
+    return {user: float(m["acc1_5"]) for user, m in row["per_user"].items()}
+
+
+def acc(results: dict, which: str) -> float:
+    """Mean acc1_5 over users at the main N; a destroyed model: 0."""
+    values = per_user(results, which)
+    return 0.0 if values is None else float(np.mean(list(values.values())))
+
+
+def paired_drop(reference: dict, arm: dict, which: str) -> Optional[dict]:
+    """reference - arm, paired over the users both scored: mean and 95% CI half-width (points as a fraction)."""
+    ref, got = per_user(reference, which), per_user(arm, which)
+    if ref is None:
+        return None
+    users = sorted(set(ref) & set(got or ref))
+    drops = [ref[u] - (got[u] if got is not None else 0.0) for u in users]
+    mean, half = mean_ci(drops)
+    return {"mean": mean, "ci95": half, "users": len(users)}
 
 
 def run_arm(out: Path, config, data: Path, users: list[str], pre: Path, attackers: dict) -> dict:
@@ -123,7 +146,7 @@ def main() -> int:
     if not pre.is_file():
         plan = SimulationPlan(config=config, data_dir=args.data, out_dir=args.work, users=users, holdout=holdout)
         pretrain_model(plan)
-    arms = {}
+    arms, raw = {}, {}
     for name in args.arms:
         strategy, overrides, attackers, devices = ARMS[name]
         devices = devices or args.devices
@@ -131,6 +154,7 @@ def main() -> int:
                                                          "federation.population": devices, **overrides})
         out = args.work / name
         results = run_arm(out, arm_config, args.data, users[:devices], pre, attackers)
+        raw[name] = results
         rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines() if line.strip()]
         arms[name] = {"strategy": strategy, "overrides": overrides, "attackers": attackers, "devices": devices,
                       "capped_examples": sum(r.get("capped_examples", 0) for r in rounds),
@@ -144,13 +168,21 @@ def main() -> int:
               f"{arms[name]['personalized_acc1_5']:.3f}  rejected nan/norm {arms[name]['rejected_nonfinite']}/"
               f"{arms[name]['rejected_norm']}  capped {arms[name]['capped_examples']}", flush=True)
     for name, arm in arms.items():
-        clean = arms.get(REFERENCE.get(name, "clean-fedavg"))
+        reference = REFERENCE.get(name, "clean-fedavg")
+        clean = arms.get(reference)
         if clean:
             for which in ("generic_acc1_5", "personalized_acc1_5"):
                 arm[f"{which}_drop"] = clean[which] - arm[which]
-            arm["reference"] = REFERENCE.get(name, "clean-fedavg")
+                arm[f"{which}_drop_paired"] = paired_drop(raw[reference], raw[name], which.split("_")[0])
+            arm["reference"] = reference
             arm["within_tolerance"] = all(arm[f"{w}_drop"] <= TOLERANCE for w in ("generic_acc1_5",
                                                                                   "personalized_acc1_5"))
+    for name, arm in arms.items():
+        drops = [arm.get(f"{w}_acc1_5_drop_paired") for w in ("generic", "personalized")]
+        if all(drops):
+            print(f"{name:>26}: vs {arm['reference']}, paired over {drops[0]['users']} users: generic "
+                  f"{-drops[0]['mean']:+.3f} +- {drops[0]['ci95']:.3f}, personalized {-drops[1]['mean']:+.3f} "
+                  f"+- {drops[1]['ci95']:.3f}")
     payload = {"benchmark": "attack", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": str(args.data),
                "config": str(args.config), "devices": args.devices, "rounds": args.rounds,
                "attackers": {str(k): v for k, v in ATTACKERS.items()}, "scale_factor": 100.0,
