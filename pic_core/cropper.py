@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .candidates import CANDIDATE_SETS, fixed_ratio_candidates, free_candidates
 from .checkpoint import CheckpointError, load_model, load_user_state
-from .data.images import load_image, to_network_input
+from .data.images import load_image, network_size, normalized
 from .export import compile_cached
 from .exported import PROGRAM_SUFFIX, is_exported_file, load_program, read_export_meta
 from .geometry import (ASPECT_LIMITS, aspect_anchors, grid_anchors, parse_aspect, resized_size, to_original,
@@ -142,13 +142,18 @@ class Cropper:
     def input_short_side(self, size: tuple[int, int]) -> int:
         return input_short_side(size[0], size[1], self.short_side)
 
-    def prepare(self, image: np.ndarray) -> tuple[Tensor, tuple[int, int]]:
-        """RGB uint8 photo -> ((1, 3, h, w) network input on the device, (h, w))."""
-        tensor, resized = to_network_input(image, self.input_short_side(image.shape[:2]))
-        tensor = tensor[None].to(self.device)
+    def shrink(self, image: np.ndarray) -> np.ndarray:
+        """The photo at the network input's size (uint8), for `prepare` and the subject rule."""
+        return network_size(image, self.input_short_side(image.shape[:2]))
+
+    def prepare(self, image: np.ndarray, small: Optional[np.ndarray] = None) -> tuple[Tensor, tuple[int, int]]:
+        """RGB uint8 photo -> ((1, 3, h, w) network input on the device, (h, w)); `small`: the photo
+        already shrunk by `shrink`."""
+        small = self.shrink(image) if small is None else small
+        tensor = normalized(small)[None].to(self.device)
         if self.channels_last:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return tensor, resized
+        return tensor, small.shape[:2]
 
     def candidates(self, size: tuple[int, int], aspect: Optional[float] = None) -> np.ndarray:
         """Candidate boxes in original pixels for an image of size (height, width).
@@ -176,9 +181,9 @@ class Cropper:
 
     # -- scoring --
     @torch.inference_mode()
-    def score(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def score(self, image: np.ndarray, boxes: np.ndarray, small: Optional[np.ndarray] = None) -> np.ndarray:
         """Scores of `boxes` (original pixels) on an RGB uint8 image: one backbone pass."""
-        tensor, resized = self.prepare(image)
+        tensor, resized = self.prepare(image, small)
         net_boxes = torch.from_numpy(to_resized(boxes, image.shape[:2], resized)).to(self.device)
         return self.backend(tensor, net_boxes).float().cpu().numpy()
 
@@ -194,17 +199,20 @@ class Cropper:
             image = load_image(image)
         ratio = parse_aspect(aspect)
         boxes = self.candidates(image.shape[:2], ratio)
-        scores = self.score(image, boxes)
+        small = self.shrink(image)
+        scores = self.score(image, boxes, small)
         keep = self.keep_subjects if keep_subjects is None else keep_subjects
-        ranked = self.rank_scores(image, boxes, scores) if keep else scores
+        ranked = self.rank_scores(image, boxes, scores, small=small) if keep else scores
         order = np.argsort(-ranked, kind="stable")[: max(1, top_k)]
         return [CropResult(tuple(float(v) for v in boxes[i]), float(ranked[i]), rank + 1, float(scores[i]))
                 for rank, i in enumerate(order)]
 
     def rank_scores(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                    subjects: Optional[Subjects] = None) -> np.ndarray:
-        """Scores with the subject rule applied (subjects found on `image` unless given)."""
-        subjects = find_subjects(image, self.detect_faces) if subjects is None else subjects
+                    subjects: Optional[Subjects] = None, small: Optional[np.ndarray] = None) -> np.ndarray:
+        """Scores with the subject rule applied (subjects found on `image`, or on its shrunk copy
+        `small`, unless given)."""
+        if subjects is None:
+            subjects = find_subjects(image, self.detect_faces, small)
         return apply_subject_rule(boxes, scores, subjects,
                                   image.shape[:2])
 

@@ -59,6 +59,31 @@ def test_rule_drops_crops_that_cut_a_head():
     assert adjusted.argmax() == 3
 
 
+def _iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper", "coffee", "rocket"])
+def test_subjects_from_the_network_copy_match_the_full_photo(photos, name):
+    """The Cropper hands the detectors its network-size copy (one resize of a large photo instead
+    of one per detector): the same heads or salient box, in the photo's own pixels."""
+    import cv2
+
+    from pic_core.data.images import network_size
+
+    image = cv2.resize(photos[name], None, fx=4, fy=4, interpolation=cv2.INTER_LINEAR)  # a larger photo
+    full, shrunk = find_subjects(image), find_subjects(image, shrunk=network_size(image, 256))
+    assert len(full.heads) == len(shrunk.heads)
+    for a, b in zip(full.heads, shrunk.heads):
+        assert _iou(a, b) > 0.85, (a, b)
+    assert (full.salient is None) == (shrunk.salient is None)
+    if full.salient is not None:
+        assert _iou(full.salient, shrunk.salient) > 0.85, (full.salient, shrunk.salient)
+
+
 def test_an_edge_through_the_subject_costs_more_than_one_beside_it():
     """edge_saliency: the mean saliency along a crop's most salient inner edge (an edge on the photo's
     border cuts nothing); the rule ranks the crop whose edge misses the subject first."""

@@ -127,13 +127,24 @@ def to_network_input(image: np.ndarray, short_side: int = 256) -> tuple[torch.Te
     (h, w) follows geometry.resized_size (short side to `short_side`, each side a multiple
     of 32). Shrinking uses area averaging (no aliasing on big photos), enlarging bilinear.
     """
+    resized = network_size(image, short_side)
+    return normalized(resized), resized.shape[:2]
+
+
+def network_size(image: np.ndarray, short_side: int = 256) -> np.ndarray:
+    """The RGB uint8 photo resized to the network input's (h, w) (to_network_input's first step;
+    the Cropper also hands it to the subject detectors, so a large photo is shrunk once)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
     height, width = image.shape[:2]
     new_h, new_w = resized_size(height, width, short_side)
     shrinking = new_h * new_w < height * width
-    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def normalized(resized: np.ndarray) -> torch.Tensor:
+    """RGB uint8 (h, w, 3) -> (3, h, w) float32 ImageNet-normalized tensor."""
     data = resized.astype(np.float32) / 255.0
     data = (data - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1))), (new_h, new_w)
+    return torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1)))
