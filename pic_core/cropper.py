@@ -150,8 +150,8 @@ class Cropper:
         """RGB uint8 photo -> ((1, 3, h, w) network input on the device, (h, w)); `small`: the photo
         already shrunk by `shrink`."""
         small = self.shrink(image) if small is None else small
-        tensor = normalized(small)[None].to(self.device)
-        if self.channels_last:
+        tensor = normalized(small, self.channels_last)[None].to(self.device)
+        if self.channels_last:  # already laid out so on the CPU: a no-op there
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor, small.shape[:2]
 

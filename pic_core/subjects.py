@@ -127,21 +127,34 @@ def saliency_map(image: np.ndarray, side: int = SALIENCY_SIDE) -> np.ndarray:
     small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
     sal = np.linalg.norm(cv2.GaussianBlur(lab, (0, 0), 1.5) - lab.reshape(-1, 3).mean(axis=0), axis=2)
-    yy, xx = np.mgrid[0:sal.shape[0], 0:sal.shape[1]]
-    prior = np.exp(-((xx / sal.shape[1] - 0.5) ** 2 + (yy / sal.shape[0] - 0.5) ** 2) / (2 * CENTRE_SIGMA ** 2))
-    sal = sal * prior
+    sal = sal * _centre_prior(*sal.shape)
     return (sal - sal.min()) / max(float(sal.max() - sal.min()), 1e-12)
+
+
+@functools.lru_cache(maxsize=16)
+def _centre_prior(rows: int, cols: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    return np.exp(-((xx / cols - 0.5) ** 2 + (yy / rows - 0.5) ** 2) / (2 * CENTRE_SIGMA ** 2))
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """np.quantile(values, q) (linear interpolation) by partial sorting: same value, less work."""
+    flat = values.ravel()
+    k = q * (flat.size - 1)
+    lo, hi = int(np.floor(k)), int(np.ceil(k))
+    part = np.partition(flat, (lo, hi))
+    return float(part[lo] + (part[hi] - part[lo]) * (k - lo))
 
 
 def salient_box(image: np.ndarray, side: int = SALIENCY_SIDE, sal: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     """Bounding box (original pixels) of the strongest connected salient region, or None."""
     sal = saliency_map(image, side) if sal is None else sal
-    mask = (sal >= np.quantile(sal, SALIENT_QUANTILE)).astype(np.uint8)
+    mask = (sal >= _quantile(sal, SALIENT_QUANTILE)).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
         return None
-    strength = [sal[labels == i].sum() for i in range(1, count)]
-    if max(strength) < MIN_CONCENTRATION * sum(strength):
+    strength = np.bincount(labels.ravel(), weights=sal.ravel(), minlength=count)[1:]  # salient mass per region
+    if strength.max() < MIN_CONCENTRATION * strength.sum():
         return None  # saliency scattered all over (texture, noise): no subject to keep
     best = 1 + int(np.argmax(strength))
     x, y, w, h = stats[best, :4]
@@ -167,11 +180,14 @@ def find_subjects(image: np.ndarray, faces: bool = True, shrunk: Optional[np.nda
     boxes in the photo's pixels. `shrunk`: the same photo already resized (the Cropper's network
     input), used when it is at least DETECT_SIDE on its short side."""
     source = shrunk if shrunk is not None and DETECT_SIDE <= min(shrunk.shape[:2]) < min(image.shape[:2]) else image
-    small, back = working_copy(source)
-    back = back * np.array([image.shape[1] / source.shape[1], image.shape[0] / source.shape[0]] * 2, np.float32)
-    found = detect_faces(small) * back if faces else np.zeros((0, 4), np.float32)
-    if len(found):
-        return Subjects(heads=heads_from_faces(found, image.shape[:2]))
+    if faces:
+        small, back = working_copy(source)
+        back = back * np.array([image.shape[1] / source.shape[1], image.shape[0] / source.shape[0]] * 2, np.float32)
+        found = detect_faces(small) * back
+        if len(found):
+            return Subjects(heads=heads_from_faces(found, image.shape[:2]))
+    else:
+        small = source  # saliency alone shrinks it to SALIENCY_SIDE itself
     sal = saliency_map(small)
     box = salient_box(image, sal=sal)
     return Subjects(salient=box, saliency=None if box is None else sal)
@@ -189,7 +205,8 @@ def kept_fraction(boxes: np.ndarray, subject: np.ndarray) -> np.ndarray:
 def saliency_kept(boxes: np.ndarray, saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Share of the photo's saliency mass inside each candidate (M,), from an integral image."""
     rows, cols = saliency.shape
-    table = np.pad(saliency.astype(np.float64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    table = np.zeros((rows + 1, cols + 1))
+    np.cumsum(saliency.cumsum(0), 1, out=table[1:, 1:])
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     x1 = np.clip(np.round(b[:, 0] * cols / size[1]), 0, cols).astype(int)
     x2 = np.clip(np.round(b[:, 2] * cols / size[1]), 0, cols).astype(int)
@@ -203,9 +220,10 @@ def edge_saliency(boxes: np.ndarray, saliency: np.ndarray, size: tuple[int, int]
     """Mean saliency along each candidate's most salient edge inside the photo (M,); an edge on the
     photo's own border cuts nothing and counts 0."""
     rows, cols = saliency.shape
-    sal = saliency.astype(np.float64)
-    along_rows = np.pad(sal.cumsum(1), ((0, 0), (1, 0)))  # [r, c]: sum of row r over columns < c
-    along_cols = np.pad(sal.cumsum(0), ((1, 0), (0, 0)))  # [r, c]: sum of column c over rows < r
+    along_rows = np.zeros((rows, cols + 1))  # [r, c]: sum of row r over columns < c
+    np.cumsum(saliency, 1, out=along_rows[:, 1:])
+    along_cols = np.zeros((rows + 1, cols))  # [r, c]: sum of column c over rows < r
+    np.cumsum(saliency, 0, out=along_cols[1:])
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     c1 = np.clip(np.round(b[:, 0] * cols / size[1]), 0, cols - 1).astype(int)
     c2 = np.clip(np.round(b[:, 2] * cols / size[1]) - 1, c1, cols - 1).astype(int)

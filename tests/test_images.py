@@ -4,6 +4,7 @@ import zlib
 
 import cv2
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -150,6 +151,13 @@ def test_to_network_input_sizes_and_normalization():
         expected = (value[c] / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
         assert float(tensor[c].min()) == pytest.approx(expected, abs=1e-5)
         assert float(tensor[c].max()) == pytest.approx(expected, abs=1e-5)
+    assert tensor.is_contiguous()
+    from pic_core.data.images import normalized
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    view = normalized(pixels, channels_last=True)[None]  # what a channels-last Cropper feeds its network
+    assert view.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(view[0], normalized(pixels))
     big, size = to_network_input(np.zeros((1000, 3000, 3), np.uint8))
     assert size == (256, 768) and tuple(big.shape) == (3, 256, 768)
     _, size = to_network_input(np.zeros((100, 100, 3), np.uint8), short_side=128)

@@ -84,6 +84,16 @@ def test_subjects_from_the_network_copy_match_the_full_photo(photos, name):
         assert _iou(full.salient, shrunk.salient) > 0.85, (full.salient, shrunk.salient)
 
 
+def test_partial_sort_quantile_is_numpys():
+    from pic_core.subjects import _quantile
+
+    rng = np.random.default_rng(1)
+    for size in (1, 2, 7, 64 * 96):
+        values = rng.random(size)
+        for q in (0.0, 0.5, 0.9, 1.0):
+            assert _quantile(values, q) == pytest.approx(float(np.quantile(values, q)), abs=1e-15)
+
+
 def test_an_edge_through_the_subject_costs_more_than_one_beside_it():
     """edge_saliency: the mean saliency along a crop's most salient inner edge (an edge on the photo's
     border cuts nothing); the rule ranks the crop whose edge misses the subject first."""

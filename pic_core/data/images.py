@@ -143,8 +143,15 @@ def network_size(image: np.ndarray, short_side: int = 256) -> np.ndarray:
     return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def normalized(resized: np.ndarray) -> torch.Tensor:
-    """RGB uint8 (h, w, 3) -> (3, h, w) float32 ImageNet-normalized tensor."""
-    data = resized.astype(np.float32) / 255.0
-    data = (data - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1)))
+_SCALE = tuple(float(v) for v in (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32)) + (0.0,)
+_SHIFT = tuple(float(v) for v in (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)) + (0.0,)
+
+
+def normalized(resized: np.ndarray, channels_last: bool = False) -> torch.Tensor:
+    """RGB uint8 (h, w, 3) -> (3, h, w) float32 ImageNet-normalized tensor: (x / 255 - mean) / std
+    as a per-channel multiply and add (OpenCV: a tenth of numpy's time on a 3-wide last axis).
+    `channels_last`: a view in channels-last layout (no copy: the pixels are already stored that
+    way), for a network that runs channels-last."""
+    data = cv2.add(cv2.multiply(resized.astype(np.float32), _SCALE), _SHIFT)
+    tensor = torch.from_numpy(data.reshape(resized.shape)).permute(2, 0, 1)
+    return tensor if channels_last else tensor.contiguous()
