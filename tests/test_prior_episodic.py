@@ -20,6 +20,7 @@ from client.features import TapSampleCache
 from client.local import device_seed, train_round
 from client.settings import node_settings
 from client.state_store import PersonalStateStore
+from conftest import make_toy_dataset
 from fed_capture import describe, device_context, server_message
 from pic_core.config import ConfigError, load_config
 from pic_core.data.dataset import Dataset
@@ -47,6 +48,9 @@ def pre_model(toy_dataset):
     model = CropScorer(config.model)
     pretrain(model, Dataset(toy_dataset).generic(), config, SampleCache(config.model.short_side))
     return model.eval()
+
+
+REFIT_TOY_SEED = 1
 
 
 def _changed(before: dict, after: dict) -> set[str]:
@@ -114,10 +118,14 @@ def test_episodic_reply_carries_shared_head_keys_only(toy_dataset, tmp_path, pre
 
 
 @pytest.mark.parametrize("method", ["joint", "episodic"])
-def test_refit_message_leaves_states_at_least_as_good_as_n_shot(toy_dataset, tmp_path, pre_model, method):
+def test_refit_message_leaves_states_at_least_as_good_as_n_shot(tmp_path, pre_model, method):
     """Each toy device answers a real query.refit Message; its personal.pt (fitted on prior + train)
-    scores the test images, over the population, at least as well as the protocol's N shots."""
+    scores the test images, over the population, at least as well as the protocol's N shots.
+    Its own toy population with 6 test images per user (the shared toy's 3 made the comparison
+    flip under a 5e-7 change of the input normalization)."""
     config = load_config("tiny", overrides={"prior.method": method})
+    toy_dataset = make_toy_dataset(tmp_path / "data", users=3, images_per_user=24, seed=REFIT_TOY_SEED)
+    tmp_path = tmp_path / "devices"
     dataset = Dataset(toy_dataset)
     cache = TapSampleCache(pre_model, None)
     stored, shots = [], []
@@ -137,8 +145,8 @@ def test_refit_message_leaves_states_at_least_as_good_as_n_shot(toy_dataset, tmp
         personal_fit(refit, cache.samples(user.split("prior") + user.split("train")), config.finetune,
                      seed=device_seed(config, 0, uid))
         torch.testing.assert_close(dict(refit.personal.state_dict()), dict(scorer.personal.state_dict()))
-    # the toy's 3 test images per user make SRCC noisy (measured +-0.1 between seeds); the
-    # population figure is benchmarks/prior.py's `stored` row
+    # a toy population's SRCC is noisy (measured +-0.1 between seeds); the population figure is
+    # benchmarks/prior.py's `stored` row
     assert np.mean([m["acc1_5"] for m in stored]) >= np.mean([m["acc1_5"] for m in shots]) - 1e-9
     assert np.mean([m["srcc"] for m in stored]) >= np.mean([m["srcc"] for m in shots]) - 0.15
 
