@@ -73,6 +73,18 @@ def tight_box(subject, size: tuple[int, int]) -> np.ndarray:
     return np.array([max(0, x1 - gx), max(0, y1 - gy), min(size[1], x2 + gx), min(size[0], y2 + gy)])
 
 
+def area_score_correlation(cropper: Cropper, image: np.ndarray) -> dict:
+    """How much the model's free-candidate scores follow crop area alone (why a generic top free
+    crop can be the whole frame): Pearson r, and the full frame's lead over the best candidate of
+    at most 0.8 of the area."""
+    boxes = cropper.candidates(image.shape[:2], None)
+    scores = cropper.score(image, boxes)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (image.shape[0] * image.shape[1])
+    smaller = scores[area <= 0.8]
+    return {"pearson_r": round(float(np.corrcoef(area, scores)[0, 1]), 3), "candidates": len(boxes),
+            "top_lead_over_best_at_most_0.8_area": round(float(scores.max() - smaller.max()), 3) if len(smaller) else None}
+
+
 def kept_table(cropper: Cropper, photos: dict, smart, keep: bool) -> tuple[dict, dict, list]:
     kept: dict = {}
     smart_kept: dict = {}
@@ -130,6 +142,7 @@ def main() -> None:
                     times[method].append((time.perf_counter() - start) * 1000)
 
     free_boxes = {n: cropper.crop(im, top_k=1)[0].box for n, im in photos.items()}
+    area_score = {n: area_score_correlation(cropper, im) for n, im in photos.items()}
     relative = {n: tuple(round(v / s, 3) for v, s in zip(b, [im.shape[1], im.shape[0]] * 2))
                 for (n, b), im in zip(free_boxes.items(), photos.values())}
 
@@ -166,7 +179,8 @@ def main() -> None:
                          "cases": len(kept), "missed": [k for k, v in kept.items() if not v],
                          "smartcrop_missed": [k for k, v in smart_kept.items() if not v]},
         "median_ms_per_crop": {m: round(float(np.median(v)), 1) for m, v in times.items()},
-        "free_top_crops": {"relative_boxes": relative, "distinct": len(set(relative.values()))},
+        "free_top_crops": {"relative_boxes": relative, "distinct": len(set(relative.values())),
+                           "area_score_correlation": area_score},
         "tight_taste": {"train_photos": names[:5], "personalize": report.as_dict(),
                         "generic": free_stats(cropper), "personal": free_stats(personal)},
     }
