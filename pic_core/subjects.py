@@ -79,13 +79,17 @@ def _cascade():
     return Cascade(lbp_frontal_face_cascade_filename())
 
 
-def _small_gray(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+def _shrunk(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """The image with its short side at most `side` (area averaging), and the scale applied (<= 1)."""
     h, w = image.shape[:2]
     scale = min(1.0, side / min(h, w))
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     if scale < 1.0:
-        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return gray, scale
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return image, scale
+
+
+def _small_gray(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    return _shrunk(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image, side)
 
 
 def detect_faces(image: np.ndarray, side: int = DETECT_SIDE) -> np.ndarray:
@@ -166,12 +170,8 @@ def working_copy(image: np.ndarray, side: int = DETECT_SIDE) -> tuple[np.ndarray
     """The photo shrunk to `side` pixels on its short side (unchanged when smaller) and the
     (x, y, x, y) factors from its pixels back to the photo's. Both detectors start from this copy:
     one pass over a large photo instead of one per detector (a 12 MP photo costs tens of ms each)."""
-    h, w = image.shape[:2]
-    if min(h, w) <= side:
-        return image, np.ones(4, np.float32)
-    scale = side / min(h, w)
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    fx, fy = w / small.shape[1], h / small.shape[0]
+    small, _ = _shrunk(image, side)
+    fx, fy = image.shape[1] / small.shape[1], image.shape[0] / small.shape[0]
     return small, np.array([fx, fy, fx, fy], np.float32)
 
 
@@ -202,16 +202,24 @@ def kept_fraction(boxes: np.ndarray, subject: np.ndarray) -> np.ndarray:
     return iw * ih / max((s[2] - s[0]) * (s[3] - s[1]), 1e-9)
 
 
-def saliency_kept(boxes: np.ndarray, saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Share of the photo's saliency mass inside each candidate (M,), from an integral image."""
-    rows, cols = saliency.shape
-    table = np.zeros((rows + 1, cols + 1))
-    np.cumsum(saliency.cumsum(0), 1, out=table[1:, 1:])
+def _cell_edges(boxes: np.ndarray, shape: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Each box's edges (x1, x2, y1, y2) on a (rows, cols) map of a (height, width) photo: cell
+    boundaries, rounded, in 0..cols and 0..rows."""
+    rows, cols = shape
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     x1 = np.clip(np.round(b[:, 0] * cols / size[1]), 0, cols).astype(int)
     x2 = np.clip(np.round(b[:, 2] * cols / size[1]), 0, cols).astype(int)
     y1 = np.clip(np.round(b[:, 1] * rows / size[0]), 0, rows).astype(int)
     y2 = np.clip(np.round(b[:, 3] * rows / size[0]), 0, rows).astype(int)
+    return x1, x2, y1, y2
+
+
+def saliency_kept(boxes: np.ndarray, saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Share of the photo's saliency mass inside each candidate (M,), from an integral image."""
+    rows, cols = saliency.shape
+    table = np.zeros((rows + 1, cols + 1))
+    np.cumsum(saliency.cumsum(0), 1, out=table[1:, 1:])
+    x1, x2, y1, y2 = _cell_edges(boxes, saliency.shape, size)
     mass = table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1]
     return mass / max(float(table[-1, -1]), 1e-12)
 
@@ -224,11 +232,10 @@ def edge_saliency(boxes: np.ndarray, saliency: np.ndarray, size: tuple[int, int]
     np.cumsum(saliency, 1, out=along_rows[:, 1:])
     along_cols = np.zeros((rows + 1, cols))  # [r, c]: sum of column c over rows < r
     np.cumsum(saliency, 0, out=along_cols[1:])
+    x1, x2, y1, y2 = _cell_edges(boxes, saliency.shape, size)
+    c1, r1 = np.minimum(x1, cols - 1), np.minimum(y1, rows - 1)  # first and last cell inside each box
+    c2, r2 = np.clip(x2 - 1, c1, cols - 1), np.clip(y2 - 1, r1, rows - 1)
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    c1 = np.clip(np.round(b[:, 0] * cols / size[1]), 0, cols - 1).astype(int)
-    c2 = np.clip(np.round(b[:, 2] * cols / size[1]) - 1, c1, cols - 1).astype(int)
-    r1 = np.clip(np.round(b[:, 1] * rows / size[0]), 0, rows - 1).astype(int)
-    r2 = np.clip(np.round(b[:, 3] * rows / size[0]) - 1, r1, rows - 1).astype(int)
     width, height = (c2 - c1 + 1).astype(np.float64), (r2 - r1 + 1).astype(np.float64)
     top = (along_rows[r1, c2 + 1] - along_rows[r1, c1]) / width
     bottom = (along_rows[r2, c2 + 1] - along_rows[r2, c1]) / width

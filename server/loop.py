@@ -165,11 +165,10 @@ class Federation:
             replies = self._send(list(self.strategy.configure_evaluate(
                 server_round, self._array_record(), self._config_record(), self.grid)))
         else:  # more users than pool nodes: waves, each wave's nodes play the wave's users
-            replies = []
+            replies, arrays, config = [], self._array_record(), self._config_record()  # one copy for every wave
             for wave, users in enumerate(self.pool.waves(self.pool.users(self.plan.eval_devices, seed), self.nodes)):
                 random.seed(seed + wave)
-                messages = list(self.strategy.configure_evaluate(
-                    server_round, self._array_record(), self._config_record(), self.grid))[:len(users)]
+                messages = list(self.strategy.configure_evaluate(server_round, arrays, config, self.grid))[:len(users)]
                 replies += self._send(self.pool.name(messages, users))
         ok = [r for r in replies if not r.has_error()]
         metrics = self.strategy.aggregate_evaluate(server_round, ok) if ok else None
