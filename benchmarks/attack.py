@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import demo_population  # noqa: E402
+from bench_models import demo_population, main_per_user  # noqa: E402
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from pic_core.config import load_config  # noqa: E402
@@ -81,10 +81,7 @@ ROWS = {"generic": "federated-generic", "personalized": "federated"}
 def per_user(results: dict, which: str) -> Optional[dict[str, float]]:
     """acc1_5 per user at the run's main N (every user; the other N of the curve are on a sample of
     evaluation.curve_users only); None for a model that scores every crop NaN (it picks no crop)."""
-    if results.get("model_broken"):
-        return None
-    row = next(r for r in results["results"] if r["method"] == ROWS[which] and r["shots"] == results["main_shots"])
-    return {user: float(m["acc1_5"]) for user, m in row["per_user"].items()}
+    return None if results.get("model_broken") else main_per_user(results, ROWS[which])
 
 
 def acc(results: dict, which: str) -> float:

@@ -85,6 +85,13 @@ def machine() -> dict:
             "load_average_1_5_15": [round(v, 2) for v in load]}
 
 
+def main_per_user(payload: dict, method: str, key: str = "acc1_5") -> dict[str, float]:
+    """One method's per-user figure from a "fedpic-results" payload, at its main N: every user
+    (the accuracy curve's other N are on a sample of evaluation.curve_users only)."""
+    row = next(r for r in payload["results"] if r["method"] == method and r["shots"] == payload["main_shots"])
+    return {user: float(m[key]) for user, m in row["per_user"].items() if key in m}
+
+
 def _numpy_scalar(value):
     """json.dumps fallback: numpy scalars (np.bool_, np.float32, ...) as Python values."""
     if isinstance(value, np.generic):

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_models import main_per_user  # benchmarks/, beside this script
+
 METHOD, KEY = "federated", "acc1_5"
 
 
 def per_user(payload: dict, method: str = METHOD, key: str = KEY) -> dict[str, float]:
-    """The method's per-user figures at the run's main N (every user; the curve's other N are on
-    evaluation.curve_users only)."""
-    result = next(r for r in payload["results"] if r["method"] == method and r["shots"] == payload["main_shots"])
-    return {u: float(v[key]) for u, v in result["per_user"].items() if key in v}
+    return main_per_user(payload, method, key)
 
 
 def paired(a: dict[str, float], b: dict[str, float]) -> tuple[float, float]:
