@@ -12,11 +12,13 @@ install: $(STAMP)
 
 # torch first (from the pinned wheels), then the project without build isolation so the
 # extension in csrc/ compiles against that same torch instead of a second download.
+# --no-cache-dir: torch's CUDA wheels are ~3 GB; a cached copy beside the installed one
+# doubled the disk an install needs (a CI machine ran out of space).
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 ninja
-	$(PY) -m pip install -q --no-build-isolation -e '.[test,bench]'
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip "setuptools>=69" wheel
+	$(PY) -m pip install -q --no-cache-dir torch==2.14.1 torchvision==0.29.1 ninja
+	$(PY) -m pip install -q --no-cache-dir --no-build-isolation -e '.[test,bench]'
 	touch $@
 
 demo: $(STAMP)
