@@ -4,20 +4,22 @@ The crop scorer learns taste from crop scores, not anatomy; on real photos its t
 cut a head in half. The Cropper therefore applies a documented rule on top of the scores
 (docs/cropping.md, "Keeping subjects"):
 
-- Faces come from scikit-image's LBP frontal-face cascade (it ships with scikit-image; the
-  opencv-python build in use has no CascadeClassifier). A face box is grown into a head box
+- Faces come from OpenCV's Haar frontal-face cascade (the XML ships in the opencv-python wheel,
+  `cv2.data.haarcascades`; OpenCV 5 moved cascades out of the main wheel, hence opencv < 5 in
+  pyproject.toml). A face box is grown into a head box
   (HEAD_GROWTH: hair, a cap, the chin) because a crop through the forehead cuts the head.
   Candidates that cut a head are dropped while any candidate keeps every head.
 - Without a face, a colour-contrast saliency map with a centre prior gives one subject box
   (the bounding box of the strongest salient region); candidates are penalized by the share
   of it they cut, so the model's taste still decides among crops that keep it.
 
-Faces are looked for on a copy with DETECT_SIDE pixels on the short side (about 30 ms on a CPU).
+Faces are looked for on a copy with DETECT_SIDE pixels on the short side (a few ms on a CPU).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import cv2
@@ -25,7 +27,13 @@ import numpy as np
 
 DETECT_SIDE = 128
 """Faces are looked for on a copy with this short side: faces of about 16% of the short side or more
-are found, in about 30 ms on a CPU (160 px: 57 ms; 256 px: 3-5x slower, with false faces in fur)."""
+are found, in 1-6 ms on a CPU (scikit-image's LBP cascade, used before: 10-25 ms; benchmarks/RESULTS.md)."""
+FACE_SCALE_STEP = 1.2
+"""The cascade's scale step: 1.25 loses the astronaut's face at 128 px, 1.1 costs twice the time."""
+FACE_NEIGHBOURS = 3
+"""Overlapping detections a face needs (OpenCV's minNeighbors)."""
+FACE_MIN = 20
+"""Smallest face looked for, in pixels of the DETECT_SIDE copy (the cascade's window is 24)."""
 SALIENCY_SIDE = 64
 """The saliency map is computed on a copy with this short side (about a millisecond)."""
 MIN_CONCENTRATION = 0.35
@@ -72,11 +80,12 @@ class Subjects:
 
 
 @functools.lru_cache(maxsize=1)
-def _cascade():
-    from skimage.data import lbp_frontal_face_cascade_filename
-    from skimage.feature import Cascade
-
-    return Cascade(lbp_frontal_face_cascade_filename())
+def _cascade() -> "cv2.CascadeClassifier":
+    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise RuntimeError(f"{path}: OpenCV could not load its face cascade (is opencv-python-headless < 5 installed?)")
+    return cascade
 
 
 def _shrunk(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
@@ -95,10 +104,9 @@ def _small_gray(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
 def detect_faces(image: np.ndarray, side: int = DETECT_SIDE) -> np.ndarray:
     """Face boxes (F, 4) in original pixels, largest first; small stray detections dropped."""
     gray, scale = _small_gray(image, side)
-    found = _cascade().detect_multi_scale(img=gray.astype(np.float32) / 255.0, scale_factor=1.25, step_ratio=1,
-                                          min_size=(20, 20), max_size=(min(gray.shape), min(gray.shape)))
-    boxes = np.array([[d["c"], d["r"], d["c"] + d["width"], d["r"] + d["height"]] for d in found],
-                     dtype=np.float32).reshape(-1, 4) / scale
+    found = _cascade().detectMultiScale(gray, scaleFactor=FACE_SCALE_STEP, minNeighbors=FACE_NEIGHBOURS,
+                                        minSize=(FACE_MIN, FACE_MIN))
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in found], dtype=np.float32).reshape(-1, 4) / scale
     if not len(boxes):
         return boxes
     sizes = boxes[:, 2] - boxes[:, 0]
