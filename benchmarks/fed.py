@@ -207,6 +207,7 @@ ISSUE13_TARGETS = {  # name: (results file, method, base, minimum paired gain in
     "centralized_vs_pre_finetune": ("centralized", "centralized", "pre-finetune", 0.08, True),
     "federated_vs_generic": ("federated", "federated", "generic", 0.25, False),
     "federated_du_vs_pre_finetune": ("federated", "federated-du", "pre-finetune", 0.0, False),
+    "federated_compact_vs_pre_finetune": ("federated", "federated-compact", "pre-finetune", 0.0, False),
     "stored_vs_n_shot": ("federated", "federated-stored", "federated", -0.01, False),
 }
 """Issue 13's targets, each a paired per-user gain from a results file's rows (stored state: its

@@ -17,6 +17,7 @@ test images after N-shot personalization with the protocol's fast path, config.f
   fed-episodic     own training function), then client.local.refit_round on every device;
                    the server step is FedAvgM's (--server-lr/--server-momentum, default the config's)
   *-du             the same prior personalized with d_u alone (finetune.head_lr = 0: <= embed_dim floats)
+  *-compact        ... with the compact state: d_u + the objective readout's offsets (209 floats)
 
 For the federated methods the devices' stored states after the refit are scored too (`stored`).
 Paired gains over pre-finetune are per-user differences with a 95% t interval.
@@ -60,6 +61,7 @@ from pic_core.runtime import configure_runtime, set_seed  # noqa: E402
 from pic_core.samples import SampleCache  # noqa: E402
 from pic_core.train import evaluate, train_prior  # noqa: E402
 from simulations.baselines import load_users, objective_only, train_generic  # noqa: E402
+from simulations.evaluation import compact_state, du_only  # noqa: E402
 
 METHODS = ("generic", "pre-finetune", "joint", "episodic", "fed-joint", "fed-episodic")
 log = logging.getLogger("fedpic.bench.prior")
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--no-du", action="store_true", help="skip the d_u-only variants")
+    parser.add_argument("--no-du", action="store_true", help="skip the small-state variants (-du, -compact)")
     parser.add_argument("--no-refit", action="store_true", help="federated: skip the refit and the stored rows")
     parser.add_argument("--server-lr", type=float, help="federated: server learning rate (FedAvgM; default: the "
                         "config's federation.strategy_args when its strategy is fedavgm, else 1)")
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
     pre_model, pre_path = cached_pre_model(data, users, config, device)
     timing["pre"] = time.perf_counter() - start
     cache = TapSampleCache(pre_model, None, device)  # frozen backbone: one pass per image for every method
-    du_config = replace(config, finetune=replace(config.finetune, head_lr=0.0))
+    small_states = {"-du": du_only(config), "-compact": compact_state(config)}
     results: dict[str, PopulationResult] = {}
     extra: dict[str, dict] = {}
 
@@ -221,17 +223,18 @@ def main(argv=None) -> int:
             results[name] = PopulationResult.from_dict(stored_baselines[name])
         else:
             results[name] = evaluate_users(model, users, config, args.shots, method=name, cache=cache, device=device)
-        if not args.no_du:
-            if cached and f"{name}-du" in stored_baselines:
-                results[f"{name}-du"] = PopulationResult.from_dict(stored_baselines[f"{name}-du"])
+        for suffix, small in ({} if args.no_du else small_states).items():
+            key = name + suffix
+            if cached and key in stored_baselines:
+                results[key] = PopulationResult.from_dict(stored_baselines[key])
             else:
-                results[f"{name}-du"] = evaluate_users(model, users, du_config, args.shots, method=f"{name}-du",
-                                                       cache=cache, device=device)
+                results[key] = evaluate_users(model, users, small, args.shots, method=key, cache=cache, device=device)
         if name == "pre-finetune":
-            stored_baselines.update({k: results[k].to_json() for k in (name, f"{name}-du") if k in results})
+            stored_baselines.update({k: results[k].to_json() for k in [name] + [name + s for s in small_states]
+                                     if k in results})
             write_json(baselines, stored_baselines)
         timing[f"{name}_eval"] = time.perf_counter() - t0
-        for key in (name, f"{name}-du"):
+        for key in [name] + [name + s for s in small_states]:
             if key in results:
                 acc = results[key].summary(("acc1_5",))["acc1_5"]
                 log.info("%s: acc1_5 %.3f +- %.3f", key, acc["mean"], acc["ci95"])

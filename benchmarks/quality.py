@@ -6,13 +6,14 @@
 
 Generates the population (--users users, default counts, seed --population-seed) when --data does
 not exist, runs the rows of simulations/evaluation.py (generic, pre-finetune, pre-finetune-du, prior,
-local-only, centralized, centralized-du, oracle) at N = --shots on every user and the other N of
+local-only, centralized, centralized-du, centralized-compact, oracle) at N = --shots on every user and the other N of
 evaluation.shots on the curve sample (simulations.experiment.run_centralized, run folder --run-dir),
 and writes --out: per method and N the population summary (mean, 95% CI, users), the paired gains
 over pre-finetune and generic, and the targets with met / missed, computed from the numbers:
 
   centralized - pre-finetune   >= +0.08 acc1_5 at N = 5, paired 95% CI above 0   (issue 13)
   centralized-du - pre-finetune >= 0 at N = 5 (d_u alone against pre-finetune with head offsets)
+  centralized-compact - pre-finetune >= 0 at N = 5 (d_u + objective readout, 209 floats, likewise)
   centralized - generic        >= +0.15 at N = 5;  centralized - local-only >= +0.10 at N = 5
   at least 40 users evaluated
 """
@@ -44,6 +45,7 @@ MIN_USERS = 40
 TARGETS = {  # name: (method, base method, minimum paired gain in acc1_5 at N = TARGET_SHOTS, CI above 0)
     "centralized_vs_pre_finetune": ("centralized", "pre-finetune", 0.08, True),
     "centralized_du_vs_pre_finetune": ("centralized-du", "pre-finetune", 0.0, False),
+    "centralized_compact_vs_pre_finetune": ("centralized-compact", "pre-finetune", 0.0, False),
     "centralized_vs_generic": ("centralized", "generic", 0.15, False),
     "centralized_vs_local": ("centralized", "local", 0.10, False),
 }

@@ -113,6 +113,7 @@ class FinetuneConfig:
     mode: str = "fast"  # fast: d_u (+ personal head, at lr) and crop-head offsets (at head_lr) on cached features
     delta_l2: float = 0.0  # pull d_u towards 0 (the population prior)
     head_lr: float = 1.0e-3  # fast mode: lr of the personal crop-head offsets (0: d_u alone)
+    offsets: str = "all"  # which offsets a fast fit changes: all (1.1 M floats) | compact (209 floats with d_u)
 
 
 @dataclass
@@ -168,7 +169,7 @@ class EvaluationConfig:
 
     shots: list[int] = field(default_factory=lambda: [1, 3, 5, 10])  # N of the accuracy-against-N curve
     curve_users: int = 10  # users the curve is measured on (0: every user)
-    du_only: bool = True  # also score the d_u-only rows (personal state = d_u alone, no head offsets)
+    du_only: bool = True  # also score the small-state rows (d_u alone; compact: d_u + objective readout)
 
 
 @dataclass
@@ -198,6 +199,7 @@ _CHOICES = {
     "prior.method": ("joint", "episodic"),
     "prior.inner": ("finetune", "embedding"),
     "finetune.mode": ("fast", "full"),
+    "finetune.offsets": ("all", "compact"),
     "federation.strategy": STRATEGIES,
     "federation.device_pool": (True, False, "auto"),
 }

@@ -91,6 +91,10 @@ class DualAttention(nn.Module):
 
 
 HEAD_MODULES = ("objective_trunk", "objective_out", "preference")  # after the align step
+# The compact personal state's offsets: the objective readout (64 + 1) and the BatchNorm affine
+# before it (2 x 64): with d_u (16) 209 floats, a user-specific linear taste over the crop features.
+COMPACT_OFFSETS = ("objective_out.", "objective_trunk.4.")
+OFFSET_SCOPES = ("all", "compact")
 
 
 def offset_key(name: str) -> str:
@@ -118,8 +122,16 @@ class PersonalState(nn.Module):
             for p in self.parameters():
                 p.zero_()
 
-    def offset_parameters(self) -> list[nn.Parameter]:
-        return list(self.offsets.values()) if self.offsets is not None else []
+    def offset_parameters(self, scope: str = "all") -> list[nn.Parameter]:
+        """The offsets a fit may change: `all`, or `compact` (COMPACT_OFFSETS only)."""
+        if self.offsets is None:
+            return []
+        if scope == "all":
+            return list(self.offsets.values())
+        if scope != "compact":
+            raise ValueError(f"offset scope must be one of {OFFSET_SCOPES}, got {scope!r}")
+        prefixes = tuple(offset_key(p) for p in COMPACT_OFFSETS)
+        return [p for k, p in self.offsets.items() if k.startswith(prefixes)]
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """d_u and the personal head: everything but the offsets."""

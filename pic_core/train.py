@@ -236,14 +236,15 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
                    smooth_l1_weight: float, delta_l2: float = 0.0, seed: int = 0, progress: bool = False,
                    device: Optional[torch.device] = None,
                    features: Optional[Sequence[CropFeatures]] = None,
-                   optimizer_state: Optional[dict] = None, head_lr: float = 0.0,
+                   optimizer_state: Optional[dict] = None, head_lr: float = 0.0, offset_scope: str = "all",
                    head_inputs: Optional[Sequence[HeadInputs]] = None) -> TrainLog:
     """Fast path: fit the PERSONAL parameters with everything shared frozen, on cached features.
 
     d_u (+ personal head) learn at `lr`. With head_lr > 0 and a model with personal offsets,
     the offsets on the crop head (objective head and g) learn at head_lr on cached aligned
     features (`head_inputs`), which is what closes the gap to fine-tuning every weight; with
-    head_lr = 0 the score is linear in d_u given cached crop features (`features`). Either way
+    head_lr = 0 the score is linear in d_u given cached crop features (`features`); `offset_scope`
+    `compact` fits only the objective readout's offsets (model.COMPACT_OFFSETS). Either way
     the backbone runs once per image and the rest costs well under a second on a CPU.
     `optimizer_state` continues an earlier call's Adam moments (a device keeps them between
     federated rounds); the final state is returned in the log.
@@ -252,7 +253,7 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
     if not samples or epochs <= 0:
         return log
     start = time.perf_counter()
-    offsets = model.personal.offset_parameters() if head_lr > 0 else []
+    offsets = model.personal.offset_parameters(offset_scope) if head_lr > 0 else []
     groups = [{"params": model.personal.embedding_parameters(), "lr": lr}]
     if offsets:
         groups.append({"params": offsets, "lr": head_lr})
@@ -326,7 +327,7 @@ def personal_fit(model: CropScorer, samples: Sequence[Sample], finetune: Finetun
     return train_personal(model, samples, epochs=finetune.epochs, lr=finetune.lr, rank_weight=finetune.rank_weight,
                           smooth_l1_weight=finetune.smooth_l1_weight, delta_l2=finetune.delta_l2, seed=seed,
                           progress=progress, device=device,
-                          head_lr=finetune.head_lr if inner == "finetune" else 0.0)
+                          head_lr=finetune.head_lr if inner == "finetune" else 0.0, offset_scope=finetune.offsets)
 
 
 def train_episodes(model: CropScorer, users: Sequence[Sequence[Sample]], *, epochs: int, lr: float,

@@ -275,7 +275,8 @@ def personalize_from_crops(model: CropScorer, crops: Sequence[UserCrop], config:
                    for x in inputs[:len(photos)]]
     train_log = train_personal(model, samples, epochs=epochs, lr=lr, rank_weight=cfg.rank_weight,
                                smooth_l1_weight=cfg.smooth_l1_weight, delta_l2=cfg.delta_l2, seed=config.seed,
-                               progress=config.progress, device=device, head_lr=head_lr, head_inputs=inputs)
+                               progress=config.progress, device=device, head_lr=head_lr,
+                               offset_scope=cfg.offsets, head_inputs=inputs)
     with torch.no_grad():
         personal = [model.combine(model.head_features(x)).cpu().numpy() for x in inputs[:len(photos)]]
     model.eval()

@@ -11,7 +11,8 @@ says which model each method scores with:
   prior        the prior-stage model with d_u = 0: the population prior, not personalized
   local        a fresh CropScorer trained from scratch on the user's N shots alone (full model)
   centralized  centralized PIC: pre -> prior -> finetune d_u on the user's N shots
-               (centralized-du: d_u alone, no crop-head offsets)
+               (centralized-du: d_u alone, no crop-head offsets; centralized-compact: d_u +
+               the objective readout's offsets)
   oracle       the user's own scores: the ceiling (1.0 on every accuracy)
 
 No stage trains on a test image: the pre stage drops generic.csv rows of test images, the
@@ -42,7 +43,7 @@ from .evaluation import ROW_LABELS, objective_only  # noqa: F401  (objective_onl
 log = logging.getLogger("fedpic.baselines")
 
 METHODS = {m: ROW_LABELS[m] for m in ("generic", "pre-finetune", "pre-finetune-du", "prior", "local",
-                                     "centralized", "centralized-du", "oracle")}
+                                     "centralized", "centralized-du", "centralized-compact", "oracle")}
 """Method ids written into results files, and their labels in reports."""
 
 PersonalHook = Callable[[UserData, CropScorer], None]

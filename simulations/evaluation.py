@@ -10,6 +10,8 @@ Row ids (written into results files; labels in ROW_LABELS):
   prior              the centralized prior with d_u = 0   (federated-generic: the federated one)
   centralized        the centralized prior personalized from N shots   (federated: the federated one)
   centralized-du     the same with d_u alone   (federated-du)
+  centralized-compact  the same with the compact personal state: d_u + the objective readout's
+                     offsets (finetune.offsets compact; 209 floats at the demo widths)   (federated-compact)
   federated-stored   the final federated model with the personal.pt each device keeps
   local, oracle      from scratch on N shots / the user's own scores (`fedpic baselines` only)
 
@@ -48,9 +50,11 @@ ROW_LABELS = {
     "local": "local-only (from scratch on N shots)",
     "centralized": "centralized PIC (pre -> prior -> finetune)",
     "centralized-du": "centralized PIC, personal state d_u alone (no head offsets)",
+    "centralized-compact": "centralized PIC, compact personal state (d_u + objective readout)",
     "federated-generic": "federated prior (d_u = 0)",
     "federated": "federated PIC (prior trained with Flower, then finetune)",
     "federated-du": "federated PIC, personal state d_u alone (no head offsets)",
+    "federated-compact": "federated PIC, compact personal state (d_u + objective readout)",
     "federated-stored": "federated model with the personal state each device stores",
     "oracle": "oracle (the user's own scores)",
 }
@@ -59,8 +63,9 @@ ROW_LABELS = {
 SHORT_LABELS = {
     "generic": "generic", "pre-finetune": "pre + few-shot", "pre-finetune-du": "pre + few-shot d_u",
     "prior": "central prior (d_u=0)", "local": "local-only", "centralized": "centralized PIC",
-    "centralized-du": "centralized PIC, d_u only", "federated-generic": "federated prior (d_u=0)",
-    "federated": "federated PIC", "federated-du": "federated PIC, d_u only",
+    "centralized-du": "centralized PIC, d_u only", "centralized-compact": "centralized PIC, compact state",
+    "federated-generic": "federated prior (d_u=0)", "federated": "federated PIC", "federated-du": "federated PIC, d_u only",
+    "federated-compact": "federated PIC, compact state",
     "federated-stored": "federated, stored state", "oracle": "oracle",
 }
 """Legend names for plots."""
@@ -82,7 +87,7 @@ def short_label(method: str) -> str:
 def _split_suffix(method: str) -> tuple[str, str]:
     """('federated', '-new-devices') for 'federated-new-devices': the longest known row id prefix."""
     for base in sorted(ROW_LABELS, key=len, reverse=True):
-        if method == base or method.startswith(base + "-") and method[len(base):] not in ("-du", "-generic"):
+        if method == base or method.startswith(base + "-") and method[len(base):] not in ("-du", "-compact", "-generic"):
             return base, method[len(base):]
     return method, ""
 
@@ -90,6 +95,23 @@ def _split_suffix(method: str) -> tuple[str, str]:
 def du_only(config: Config) -> Config:
     """The same few-shot path with the personal state = d_u alone: the crop-head offsets stay at 0."""
     return replace(config, finetune=replace(config.finetune, head_lr=0.0))
+
+
+COMPACT_HEAD_LR = 1.0e-2
+"""Adam lr of the compact offsets (measured on the seed-0 federated prior: 3e-3 0.545, 1e-2 0.580,
+3e-2 0.570 acc1_5; benchmarks/RESULTS.md)."""
+
+
+def compact_state(config: Config) -> Config:
+    """The same few-shot path with the compact personal state: d_u plus offsets on the objective
+    readout and the BatchNorm before it (model.COMPACT_OFFSETS), a few hundred floats instead of
+    the crop head's 1.1 M."""
+    return replace(config, finetune=replace(config.finetune, offsets="compact", head_lr=COMPACT_HEAD_LR))
+
+
+def compact_floats(model: CropScorer) -> int:
+    """How many floats the compact personal state of `model` holds (d_u + its offsets)."""
+    return int(model.personal.delta.numel() + sum(p.numel() for p in model.personal.offset_parameters("compact")))
 
 
 @dataclass
@@ -177,14 +199,17 @@ def pre_rows(pre_model: CropScorer, config: Config, cache: SampleCache, device: 
 def shared_rows(model: CropScorer, kind: str, config: Config, cache: SampleCache,
                 device: Optional[torch.device] = None, du: bool = True,
                 methods: Optional[Sequence[str]] = None) -> list[Row]:
-    """The d_u = 0 row, the personalized row (and its d_u-only twin) of a shared prior model;
-    kind 'centralized' (ids prior, centralized, centralized-du) or 'federated'."""
+    """The d_u = 0 row, the personalized row (and its small-state twins: d_u alone, compact) of a
+    shared prior model; kind 'centralized' (ids prior, centralized, centralized-du,
+    centralized-compact) or 'federated'."""
     if kind not in ("centralized", "federated"):
         raise ValueError(f"kind must be centralized or federated, got {kind!r}")
     fixed = "prior" if kind == "centralized" else "federated-generic"
     rows = [fixed_row(fixed, model, config, cache, device), personalized_row(kind, model, config, cache, device)]
     if du:
         rows.append(personalized_row(f"{kind}-du", model, du_only(config), cache, device))
+        if model.personal.offsets is not None:
+            rows.append(personalized_row(f"{kind}-compact", model, compact_state(config), cache, device))
     return [r for r in rows if methods is None or r.method in methods]
 
 

@@ -133,7 +133,7 @@ def run_centralized(data_dir: Union[str, Path], config: Config, out_dir: Union[s
 
     pre_model = stage("pre", lambda: train_generic(dataset, users, config, cache, device), PRE_MODEL)
     prior_model: Optional[CropScorer] = None
-    if {"prior", "centralized", "centralized-du"} & set(methods):
+    if {"prior", "centralized", "centralized-du", "centralized-compact"} & set(methods):
         prior_model = stage("prior", lambda: train_prior_model(pre_model, users, config, cache, device), PRIOR_MODEL)
 
     families = user_families(data_dir)

@@ -67,7 +67,8 @@ DEVICES_DIR = "devices"
 LOOPBACK = "127.0.0.1"
 HOLDOUT_SUFFIX = "-new-devices"
 FEDERATED_METHODS = {
-    **{m: ROW_LABELS[m] for m in ("federated", "federated-generic", "federated-du", "federated-stored")},
+    **{m: ROW_LABELS[m] for m in ("federated", "federated-generic", "federated-du", "federated-compact",
+                                      "federated-stored")},
     "federated-new-devices": "federated PIC on devices never seen in training",
     "federated-generic-new-devices": "federated prior (d_u = 0) on devices never seen in training",
     "generic-new-devices": "generic (pre stage) on devices never seen in training",
@@ -237,6 +238,7 @@ def stored_state_model(model: CropScorer, folder: Path) -> Callable[[UserData, i
 def evaluate_population(plan: SimulationPlan, users: Sequence[str], suffix: str = "") -> Evaluation:
     """The rows of simulations/evaluation.py on model.pt, the same users for every row:
     `federated-generic` (d_u = 0), `federated` (few-shot personalized), `federated-du` (d_u alone),
+    `federated-compact` (d_u + the objective readout's offsets),
     `federated-stored` (each device's personal.pt), and when the run started from a pre-stage model
     `generic`, `pre-finetune`, `pre-finetune-du`. The main N is finetune.shots; the population (not
     held-out users) also gets the accuracy-against-N curve. `suffix` tells held-out users' rows apart."""

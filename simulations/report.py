@@ -43,7 +43,8 @@ RESULTS_GLOBS = ("results.json", "*/results.json")
 TABLE_KEYS = ("acc1_5", "acc_5", "wacc_5", "acc1_10", "acc_10", "srcc")
 GAIN_KEY = "acc1_5"
 METHOD_ORDER = ("generic", "pre-finetune-du", "pre-finetune", "prior", "federated-generic", "local",
-                "centralized-du", "centralized", "federated-du", "federated-stored", "federated", "oracle")
+                "centralized-du", "centralized-compact", "centralized", "federated-du", "federated-compact",
+                "federated-stored", "federated", "oracle")
 PAIRED_BASE = "pre-finetune"
 """The honest baseline: the pre model personalized by the same few-shot path (simulations/evaluation.py)."""
 

@@ -14,13 +14,14 @@ from pic_core.metrics import mean_ci
 from pic_core.params import personal_state
 from pic_core.samples import SampleCache
 from simulations.baselines import load_users, train_generic, train_prior_model
-from simulations.evaluation import (BackboneCaches, curve_sample, du_only, evaluate_rows, objective_only, oracle_row,
-                                    pre_rows, row_label, shared_rows, short_label)
+from simulations.evaluation import (BackboneCaches, compact_floats, compact_state, curve_sample, du_only, evaluate_rows,
+                                    objective_only, oracle_row, pre_rows, row_label, shared_rows, short_label)
 from simulations.experiment import read_results, run_centralized
 from simulations.report import REPORT_FILE, build_report
 from test_baselines import make_population
 
-ROWS = ("generic", "pre-finetune", "pre-finetune-du", "prior", "centralized", "centralized-du", "oracle")
+ROWS = ("generic", "pre-finetune", "pre-finetune-du", "prior", "centralized", "centralized-du", "centralized-compact",
+        "oracle")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def evaluation(setting):
     def hook_for(method: str, n: int):
         def keep(user, scorer):
             states[(method, n, user.user_id)] = {k: v.clone() for k, v in personal_state(scorer).items()}
-        return keep if method in ("pre-finetune", "pre-finetune-du") else None
+        return keep if method in ("pre-finetune", "pre-finetune-du", "centralized-compact") else None
 
     rows = (pre_rows(setting["pre"], config, cache) + shared_rows(setting["prior"], "centralized", config, cache)
             + [oracle_row()])
@@ -102,6 +103,20 @@ def test_du_only_rows_keep_d_u_alone_and_pre_finetune_is_the_same_path(setting, 
     assert any(full[k].any() for k in offsets)  # the full few-shot path trains them
     assert du_only(setting["config"]).finetune.head_lr == 0.0
     assert setting["config"].finetune.head_lr > 0  # the original config is left alone
+
+
+def test_compact_rows_fit_d_u_and_the_objective_readout_only(setting, evaluation):
+    _, states = evaluation
+    compact = states[("centralized-compact", 2, setting["users"][0].user_id)]
+    readout = ("personal.offsets.objective_out__", "personal.offsets.objective_trunk__4__")
+    moved = {k for k, v in compact.items() if k.startswith("personal.offsets.") and v.any()}
+    assert moved and all(k.startswith(readout) for k in moved)  # the rest of the 1.1 M-float head stays at 0
+    assert {k.split(".")[-1] for k in moved} >= {"objective_out__weight", "objective_trunk__4__weight"}
+    assert compact["personal.delta"].abs().sum() > 0
+    feature_dim, embed_dim = setting["config"].model.feature_dim, setting["config"].model.embed_dim
+    assert compact_floats(setting["prior"]) == embed_dim + 3 * feature_dim + 1  # d_u, readout w + b, BN w + b
+    small = compact_state(setting["config"]).finetune
+    assert small.offsets == "compact" and small.head_lr > 0 and setting["config"].finetune.offsets == "all"
 
 
 def test_rows_on_backbone_taps_score_exactly_as_on_images_with_one_backbone_pass_per_image(setting, evaluation):

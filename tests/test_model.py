@@ -91,6 +91,17 @@ def test_head_offsets_change_only_the_personal_scores(model):
     torch.testing.assert_close(personal(images, boxes), generic_before)
 
 
+def test_compact_offsets_are_the_objective_readout_and_its_batchnorm(model):
+    compact = model.personal.offset_parameters("compact")
+    shapes = sorted(tuple(p.shape) for p in compact)
+    feature_dim = TINY.feature_dim
+    assert shapes == sorted([(1, feature_dim), (1,), (feature_dim,), (feature_dim,)])
+    everything = {id(p) for p in model.personal.offset_parameters()}
+    assert {id(p) for p in compact} < everything
+    with pytest.raises(ValueError, match="offset scope"):
+        model.personal.offset_parameters("head")
+
+
 def test_shared_and_personal_loads_are_strict(model):
     other = CropScorer(TINY)
     load_shared(other, shared_state(model))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .common import add_common_options, config_from_args
 
-METHODS = ("generic", "pre-finetune", "pre-finetune-du", "prior", "local", "centralized", "centralized-du", "oracle")
+METHODS = ("generic", "pre-finetune", "pre-finetune-du", "prior", "local", "centralized", "centralized-du",
+           "centralized-compact", "oracle")
 """simulations.baselines.METHODS' ids (a literal here so parsing needs no torch; a test checks they agree)."""
 LOCAL_EPOCHS, LOCAL_LR = 30, 1e-3
 """simulations.baselines.LocalOnlySettings' defaults (likewise)."""
