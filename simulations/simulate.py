@@ -64,11 +64,19 @@ def run(plan: SimulationPlan, evaluate: bool = True, client_mods: Sequence = ())
                   f"+- {stats.get('ci95', float('nan')):.3f} over {stats.get('users', 0)} users (N = {main})")
     for base, entries in (evaluation.gains if evaluation else {}).items():
         for key, stats in entries.items():
-            if key.endswith(f"@{main}") and stats.get("ci95") is not None:
+            if key.endswith(f"@{main}") and stats.get("ci95") is not None and _printed_gain(key.split("@")[0], base):
                 print(f"{key.split('@')[0] + ' - ' + base:>40}: {stats['mean']:+.3f} +- {stats['ci95']:.3f} "
                       f"paired over {stats['users']} users")
     log.info("wrote %s", path)
     return path
+
+
+def _printed_gain(method: str, base: str) -> bool:
+    """The gains the log prints (results.json and the report hold them all): every personalized
+    row over pre-finetune, and the federated rows over generic (issue 13's targets)."""
+    if base == "generic":
+        return method in ("federated", "federated" + HOLDOUT_SUFFIX)
+    return "generic" not in method
 
 
 def run_simulation(config: Config, data_dir: Path, out_dir: Path, *, init_model: Optional[Path] = None,

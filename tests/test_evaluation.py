@@ -185,3 +185,13 @@ def test_baselines_results_and_report_show_the_rows_the_curve_and_the_gains(sett
         assert f"figures/{name}" in text
     assert (tmp_path / "run" / REPORT_FILE).is_file()
     assert torch.load(tmp_path / "run" / "user_states" / "n2" / "u000.pt", weights_only=False)["user_id"] == "u000"
+
+
+def test_the_simulation_log_prints_the_target_gains_only():
+    from simulations.simulate import _printed_gain
+
+    assert _printed_gain("federated", "generic") and _printed_gain("federated-new-devices", "generic")
+    assert not _printed_gain("pre-finetune", "generic") and not _printed_gain("federated-compact", "generic")
+    for method in ("federated", "federated-du", "federated-compact", "federated-stored", "pre-finetune-du"):
+        assert _printed_gain(method, "pre-finetune"), method
+    assert not _printed_gain("generic", "pre-finetune") and not _printed_gain("federated-generic", "pre-finetune")
