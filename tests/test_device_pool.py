@@ -148,6 +148,6 @@ def test_pool_simulation_gives_each_sampled_user_its_own_state_and_the_usual_res
         assert state["user_id"] == user and state["extra"]["rounds"] == trained[user]
     assert payload["device_pool_nodes"] == 2 and payload["rounds_completed"] == 2
     rows = ("generic", "pre-finetune", "pre-finetune-du", "federated-generic", "federated", "federated-du",
-            "federated-stored")  # simulations/evaluation.py's rows at the main N, as in a one-node-per-user run
+            "federated-compact", "federated-stored")  # simulations/evaluation.py's rows at the main N, as in a one-node-per-user run
     assert {(r.method, len(r.per_user)) for r in results if r.shots == payload["main_shots"]} == {
         *((m, 4) for m in rows), *((f"{m}-new-devices", 1) for m in rows)}

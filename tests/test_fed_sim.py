@@ -85,7 +85,7 @@ def test_results_are_fedpic_results_that_the_report_renders(fed_run):
     payload, results = read_results(fed_run["results"])
     assert payload["kind"] == "federated" and payload["rounds_completed"] == 2
     rows = ("generic", "pre-finetune", "pre-finetune-du", "federated-generic", "federated", "federated-du",
-            "federated-stored")
+            "federated-compact", "federated-stored")
     main_shots = payload["main_shots"]
     assert {(r.method, len(r.per_user)) for r in results if r.shots == main_shots} == {
         *((m, 3) for m in rows), *((f"{m}-new-devices", 1) for m in rows)}
