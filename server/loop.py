@@ -35,7 +35,7 @@ from pic_core.runtime import set_seed
 
 from .checkpoint import CHECKPOINT_FILE, ServerState, load_server_state, save_server_state
 from .round_log import LOG_FILE, RoundLog
-from .sampling import DevicePool
+from .sampling import DevicePool, RegistrationOrderGrid, in_node_order
 from .screening import screen_replies
 from .secagg import secure_round
 from .strategy import Sampling, build_strategy, restore_strategy_state, sampling, strategy_state
@@ -108,7 +108,7 @@ class Federation:
     """One server run (fresh or resumed) of the federated prior stage."""
 
     def __init__(self, grid: Grid, settings: ServerSettings):
-        self.grid = grid
+        self.grid = RegistrationOrderGrid(grid)  # seeded sampling picks the same devices in every run
         self.out_dir = Path(settings.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model = initial_model(settings)
@@ -170,7 +170,7 @@ class Federation:
                 random.seed(seed + wave)
                 messages = list(self.strategy.configure_evaluate(server_round, arrays, config, self.grid))[:len(users)]
                 replies += self._send(self.pool.name(messages, users))
-        ok = [r for r in replies if not r.has_error()]
+        ok = in_node_order([r for r in replies if not r.has_error()], self.grid.get_node_ids())
         metrics = self.strategy.aggregate_evaluate(server_round, ok) if ok else None
         return (dict(metrics) if metrics is not None else None), len(ok), time.perf_counter() - start
 
@@ -232,7 +232,8 @@ class Federation:
                                    self.fed.outlier_factor, self.fed.max_images)
         aggregated, train_metrics = False, {}
         if len(screening.accepted) >= max(1, self.fed.min_replies):
-            new_arrays, metrics = self.strategy.aggregate_train(server_round, screening.accepted)
+            accepted = in_node_order(screening.accepted, self.grid.get_node_ids())
+            new_arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
             if new_arrays is not None:
                 merged = _valid_variances(conform({k: a.numpy() for k, a in new_arrays.items()}, self.reference))
                 # keys no device sends (a frozen backbone) stay bit-identical: averaging equal arrays
