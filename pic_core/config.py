@@ -103,6 +103,10 @@ class PriorConfig:
     inner: str = "finetune"  # episodic: personal fit = the finetune fast path (finetune) | d_u alone (embedding)
 
 
+OFFSET_SCOPES = ("all", "compact")
+"""finetune.offsets: which crop-head offsets a fast fit changes (pic_core.model.COMPACT_OFFSETS)."""
+
+
 @dataclass
 class FinetuneConfig:
     epochs: int = 10
@@ -199,7 +203,7 @@ _CHOICES = {
     "prior.method": ("joint", "episodic"),
     "prior.inner": ("finetune", "embedding"),
     "finetune.mode": ("fast", "full"),
-    "finetune.offsets": ("all", "compact"),
+    "finetune.offsets": OFFSET_SCOPES,
     "federation.strategy": STRATEGIES,
     "federation.device_pool": (True, False, "auto"),
 }

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .backbone import MultiScaleBackbone
-from .config import ModelConfig
+from .config import OFFSET_SCOPES, ModelConfig
 from .ops import roi_rod_align
 
 GEOMETRY_DIM = 10
@@ -94,7 +94,6 @@ HEAD_MODULES = ("objective_trunk", "objective_out", "preference")  # after the a
 # The compact personal state's offsets: the objective readout (64 + 1) and the BatchNorm affine
 # before it (2 x 64): with d_u (16) 209 floats, a user-specific linear taste over the crop features.
 COMPACT_OFFSETS = ("objective_out.", "objective_trunk.4.")
-OFFSET_SCOPES = ("all", "compact")
 
 
 def offset_key(name: str) -> str:

@@ -137,6 +137,6 @@ def _registration_key(node) -> tuple[float, int]:
 
 def in_node_order(replies: list[Message], nodes: list[int]) -> list[Message]:
     """Replies sorted by their sender's place in `nodes` (registration order): the aggregate sums
-    them in one order whatever order they arrived in, so a seeded run repeats to the bit."""
+    them in one order whatever order they arrived in (floating-point sums depend on the order)."""
     rank = {node: i for i, node in enumerate(nodes)}
     return sorted(replies, key=lambda m: (rank.get(m.metadata.src_node_id, len(rank)), m.metadata.src_node_id))

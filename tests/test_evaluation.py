@@ -14,8 +14,8 @@ from pic_core.metrics import mean_ci
 from pic_core.params import personal_state
 from pic_core.samples import SampleCache
 from simulations.baselines import load_users, train_generic, train_prior_model
-from simulations.evaluation import (BackboneCaches, compact_floats, compact_state, curve_sample, du_only, evaluate_rows,
-                                    objective_only, oracle_row, pre_rows, row_label, shared_rows, short_label)
+from simulations.evaluation import (BackboneCaches, compact_state, curve_sample, du_only, evaluate_rows, objective_only,
+                                    oracle_row, pre_rows, row_label, shared_rows, short_label)
 from simulations.experiment import read_results, run_centralized
 from simulations.report import REPORT_FILE, build_report
 from test_baselines import make_population
@@ -114,7 +114,9 @@ def test_compact_rows_fit_d_u_and_the_objective_readout_only(setting, evaluation
     assert {k.split(".")[-1] for k in moved} >= {"objective_out__weight", "objective_trunk__4__weight"}
     assert compact["personal.delta"].abs().sum() > 0
     feature_dim, embed_dim = setting["config"].model.feature_dim, setting["config"].model.embed_dim
-    assert compact_floats(setting["prior"]) == embed_dim + 3 * feature_dim + 1  # d_u, readout w + b, BN w + b
+    personal = setting["prior"].personal
+    floats = personal.delta.numel() + sum(p.numel() for p in personal.offset_parameters("compact"))
+    assert floats == embed_dim + 3 * feature_dim + 1  # d_u, readout w + b, BN w + b
     small = compact_state(setting["config"]).finetune
     assert small.offsets == "compact" and small.head_lr > 0 and setting["config"].finetune.offsets == "all"
 
