@@ -229,12 +229,12 @@ def main(argv=None) -> int:
                 results[key] = PopulationResult.from_dict(stored_baselines[key])
             else:
                 results[key] = evaluate_users(model, users, small, args.shots, method=key, cache=cache, device=device)
+        keys = [name] + [name + suffix for suffix in small_states]
         if name == "pre-finetune":
-            stored_baselines.update({k: results[k].to_json() for k in [name] + [name + s for s in small_states]
-                                     if k in results})
+            stored_baselines.update({k: results[k].to_json() for k in keys if k in results})
             write_json(baselines, stored_baselines)
         timing[f"{name}_eval"] = time.perf_counter() - t0
-        for key in [name] + [name + s for s in small_states]:
+        for key in keys:
             if key in results:
                 acc = results[key].summary(("acc1_5",))["acc1_5"]
                 log.info("%s: acc1_5 %.3f +- %.3f", key, acc["mean"], acc["ci95"])
