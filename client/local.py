@@ -28,6 +28,7 @@ from pic_core.model import CropScorer
 from pic_core.ops import compiled_available
 from pic_core.params import BACKBONE_TAP_PREFIXES, shared_state, to_numpy
 from pic_core.protocol import evaluate_users
+from pic_core.runtime import torch_seeded
 from pic_core.samples import Sample, SampleCache
 from pic_core.train import backbone_taps, evaluate, personal_fit, train_episodes, train_personal, train_shared, \
     with_taps
@@ -110,15 +111,8 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
     before = store.snapshot(model, extra)
     seed = device_seed(config, server_round, user.user_id)
     exclude = BACKBONE_TAP_PREFIXES if fed.freeze_backbone else ()
-    if prior.method == "episodic":
-        shared = train_episodes(model, [samples], epochs=fed.local_epochs, lr=fed.lr, rank_weight=prior.rank_weight,
-                                smooth_l1_weight=prior.smooth_l1_weight, weight_decay=prior.weight_decay,
-                                finetune=config.finetune, support=prior.support, inner=prior.inner, seed=seed,
-                                device=settings.device, exclude_prefixes=exclude, proximal_mu=proximal_mu)
-        personal = personal_fit(model, samples, config.finetune, seed=seed, device=settings.device)
-        personal.optimizer_state = None  # a fit from d_u = 0 each round: no moments to carry
-    else:
-        personal, shared = _joint_round(model, samples, config, settings, seed, extra, exclude, proximal_mu)
+    with torch_seeded(seed, settings.device):  # dropout masks: the same whichever worker runs this round
+        personal, shared = _train(model, samples, config, settings, seed, extra, exclude, proximal_mu)
     rounds = [int(r) for r in extra.get("rounds", [])] + [int(server_round)]
     store.save(model, rounds, personal.optimizer_state, previous=before)
     if isinstance(cache, TapSampleCache):
@@ -135,6 +129,22 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
     if prior.method == "episodic":
         model.personal.reset()  # the personal state is saved; the uploaded SHARED weights do not depend on it
     return TrainResult(to_numpy(shared_state(model)), metrics)
+
+
+def _train(model: CropScorer, samples: list, config: Config, settings: NodeSettings, seed: int, extra: dict,
+           exclude: tuple, proximal_mu: float):
+    """The round's training by prior.method: (personal fit log, shared training log)."""
+    fed, prior = config.federation, config.prior
+    if prior.method == "episodic":
+        shared = train_episodes(model, [samples], epochs=fed.local_epochs, lr=fed.lr, rank_weight=prior.rank_weight,
+                                smooth_l1_weight=prior.smooth_l1_weight, weight_decay=prior.weight_decay,
+                                finetune=config.finetune, support=prior.support, inner=prior.inner, seed=seed,
+                                device=settings.device, exclude_prefixes=exclude, proximal_mu=proximal_mu)
+        personal = personal_fit(model, samples, config.finetune, seed=seed, device=settings.device)
+        personal.optimizer_state = None  # a fit from d_u = 0 each round: no moments to carry
+    else:
+        personal, shared = _joint_round(model, samples, config, settings, seed, extra, exclude, proximal_mu)
+    return personal, shared
 
 
 def _joint_round(model: CropScorer, samples: list, config: Config, settings: NodeSettings, seed: int, extra: dict,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
+from typing import Iterator, Union
 
 import cv2
 import numpy as np
@@ -15,6 +17,20 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+@contextmanager
+def torch_seeded(seed: int, device: Union[str, torch.device, None] = None) -> Iterator[None]:
+    """Torch's global generators (dropout, random init) seeded for one block, restored after it.
+
+    A simulated device's round runs in whichever worker process Ray picks, after whatever other
+    devices ran there: without this, its dropout masks depend on that history and a federation
+    is not repeatable.
+    """
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    with torch.random.fork_rng(devices=[torch.device(device)] if on_cuda else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def resolve_device(name: str = "auto") -> torch.device:

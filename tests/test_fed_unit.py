@@ -347,3 +347,21 @@ def test_clientapp_replies_carry_shared_updates_and_scalar_metrics_only(toy_data
         assert metrics[NUM_EXAMPLES] == len(Dataset(toy_dataset).user("user1").split(
             "prior" if seen["type"] == MessageType.TRAIN else "test"))
     assert json.loads(json.dumps({k: float(v) for k, v in describe(replies[2])["metrics"][METRICS].items()}))
+
+
+def test_a_round_with_dropout_trains_the_same_weights_whatever_ran_before_it_in_the_process(toy_dataset, tmp_path):
+    """A Ray worker runs devices' rounds in no fixed order; the round seeds its own dropout masks."""
+    config = load_config("tiny", overrides={"model.dropout": 0.5})
+    user = Dataset(toy_dataset).user("user0")
+    torch.manual_seed(0)
+    received = CropScorer(config.model).eval()
+    results = []
+    for worker_history in (1, 7):
+        torch.manual_seed(worker_history)  # whatever the worker's generator went through before
+        settings = node_settings({"data-dir": str(toy_dataset), "user-id": "user0",
+                                  "state-dir": str(tmp_path / f"state{worker_history}")}, {})
+        results.append(train_round(copy.deepcopy(received), user, config, settings, server_round=3).arrays)
+    assert all(np.array_equal(results[0][k], results[1][k]) for k in results[0])
+    state = torch.get_rng_state()
+    torch.manual_seed(7)
+    assert torch.equal(state, torch.get_rng_state())  # the round left the caller's generator as it found it
