@@ -51,9 +51,13 @@ def _roi_coords(start: Tensor, end: Tensor, points: int) -> Tensor:
 
 
 def _rod_coords(size: int, points: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Fixed RoD sample coordinates over a whole axis of `size`, (points,)."""
-    steps = torch.arange(points, dtype=dtype, device=device)
-    return steps * (size - 1.001) / (points - 1)
+    """Fixed RoD sample coordinates over a whole axis of `size`, (points,).
+
+    Made on the CPU whatever the device: CUDA's division by a Python number goes through its
+    reciprocal, which moved a grid point one ulp off a box edge placed on it (the mask's tie).
+    """
+    steps = torch.arange(points, dtype=dtype)
+    return (steps * (size - 1.001) / (points - 1)).to(device)
 
 
 def roi_rod_align_reference(features: Tensor, boxes: Tensor, spatial_scale: float, output_size: int) -> Tensor:

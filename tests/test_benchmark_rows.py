@@ -57,3 +57,13 @@ def test_attack_drop_is_paired_over_users():
     drop = attack.paired_drop(clean, arm, "generic")
     assert drop["users"] == 4 and drop["mean"] == pytest.approx(0.125)  # 0.2 x the mean of the main row
     assert attack.paired_drop(clean, {"model_broken": True}, "generic")["mean"] == pytest.approx(0.625)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present: the benchmark would run")
+def test_gpu_benchmark_skips_cleanly_without_a_gpu(tmp_path, monkeypatch, capsys):
+    """`make bench` runs every script: without CUDA the GPU one says so, writes nothing, exits 0."""
+    gpu = _script("gpu")
+    out = tmp_path / "gpu.json"
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--out", str(out)])
+    gpu.main()
+    assert "no CUDA device" in capsys.readouterr().err and not out.exists()
