@@ -47,6 +47,11 @@ FACE_KEEP = 0.6
 """Faces smaller than this fraction of the largest face are ignored (cascade false positives)."""
 SALIENT_QUANTILE = 0.9
 """Saliency above this quantile marks the subject's pixels."""
+SALIENT_GROUP = 0.3
+"""Salient regions holding at least this share of the strongest region's mass join it in the subject
+box: an object often splits into several salient parts (a cup's rim and its handle; a head and a coat).
+Measured on the six real test photos with the Lite0 free-set model: 21 -> 22 of 24 cases kept (coffee
+at 4:5 now keeps the whole cup); 0.15 / 0.3 / 0.5 gave the same 22."""
 SUBJECT_PENALTY = 4.0
 """Penalty per share of the salient box cut, in units of the spread (std) of the crop scores."""
 MASS_PENALTY = 8.0
@@ -159,7 +164,8 @@ def _quantile(values: np.ndarray, q: float) -> float:
 
 
 def salient_box(image: np.ndarray, side: int = SALIENCY_SIDE, sal: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
-    """Bounding box (original pixels) of the strongest connected salient region, or None."""
+    """Bounding box (original pixels) of the strongest connected salient region and of those
+    holding SALIENT_GROUP of its mass, or None."""
     sal = saliency_map(image, side) if sal is None else sal
     mask = (sal >= _quantile(sal, SALIENT_QUANTILE)).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -168,10 +174,11 @@ def salient_box(image: np.ndarray, side: int = SALIENCY_SIDE, sal: Optional[np.n
     strength = np.bincount(labels.ravel(), weights=sal.ravel(), minlength=count)[1:]  # salient mass per region
     if strength.max() < MIN_CONCENTRATION * strength.sum():
         return None  # saliency scattered all over (texture, noise): no subject to keep
-    best = 1 + int(np.argmax(strength))
-    x, y, w, h = stats[best, :4]
+    chosen = stats[1:][strength >= SALIENT_GROUP * strength.max()]  # (x, y, w, h, area) of each region kept
+    x1, y1 = chosen[:, 0].min(), chosen[:, 1].min()
+    x2, y2 = (chosen[:, 0] + chosen[:, 2]).max(), (chosen[:, 1] + chosen[:, 3]).max()
     sy, sx = image.shape[0] / sal.shape[0], image.shape[1] / sal.shape[1]
-    return np.array([x * sx, y * sy, (x + w) * sx, (y + h) * sy], dtype=np.float32)
+    return np.array([x1 * sx, y1 * sy, x2 * sx, y2 * sy], dtype=np.float32)
 
 
 def working_copy(image: np.ndarray, side: int = DETECT_SIDE) -> tuple[np.ndarray, np.ndarray]:

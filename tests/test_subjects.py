@@ -161,3 +161,16 @@ def test_tight_taste_still_keeps_heads(tmp_path, photos, tiny_config):
         assert subject_kept(box, SUBJECTS[name]), (name, box)
         raw = cropper.crop(photos[name], top_k=1, keep_subjects=False)[0].box
         assert raw != box or subject_kept(raw, SUBJECTS[name])
+
+
+def test_salient_box_joins_the_parts_of_one_object_and_leaves_specks_out():
+    """A cup's rim and its handle are two salient regions: both strong ones make the subject box;
+    a faint region elsewhere does not."""
+    from pic_core.subjects import salient_box
+
+    sal = np.zeros((64, 64), np.float32)
+    sal[10:20, 20:45] = 1.0  # the strongest part, 250 cells
+    sal[30:40, 24:39] = 0.95  # a second part, 0.57 of the first's mass: joins it
+    sal[56:61, 2:8] = 0.9  # a speck, 0.11 of it: left out
+    box = salient_box(np.zeros((640, 640, 3), np.uint8), sal=sal)
+    np.testing.assert_allclose(box, [200, 100, 450, 400])
