@@ -147,7 +147,7 @@ def stored_result(model: CropScorer, users: list, folder: Path, cache: TapSample
 
 def cached_pre_model(data: Path, users: list, config: Config, device: torch.device) -> tuple[CropScorer, Path]:
     """Stage pre on generic.csv (no test images), trained once per (model, pre, seed, data) and cached."""
-    head_only = ("embed_dim", "preference_hidden")  # stage pre never trains the preference head
+    head_only = ("embed_dim", "preference_hidden", "preference_readout")  # stage pre never trains the preference head
     model_key = {k: v for k, v in to_dict(config.model).items() if k not in head_only}
     key = json.dumps({"model": model_key, "pre": to_dict(config.pre), "seed": config.seed,
                       "data": str(data.resolve())}, sort_keys=True)

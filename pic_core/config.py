@@ -60,6 +60,8 @@ class ModelConfig:
     embed_dim: int = 16  # preference space: e_0, d_u, g
     context_dim: int = 32  # dual-attention image context
     preference_hidden: int = 64  # hidden width of g (the preference head), one ReLU layer
+    preference_readout: float = 0.0  # > 0: g also carries the objective head's crop feature h_k times this
+    # scale, so e_u (embed_dim + feature_dim floats) re-weighs the objective's own features too
     dropout: float = 0.5
     candidates: str = "grid"  # what `crop` scores without --aspect: grid (GAIC anchors) | free (pic_core/candidates.py)
     personal_head: bool = False  # a small per-user linear head over g, kept on the device

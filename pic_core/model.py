@@ -2,7 +2,9 @@
 
 score_k = s_obj(h_k) + <g(h_k, context, geometry_k), e_u>  (+ personal_head(g_k))
 e_u = e_0 + d_u: e_0 is the population prior (shared), d_u the user's offset (personal,
-kept on the device). d_u = 0 is the generic model. With `personal_offsets`, the crop head
+kept on the device). With `preference_readout` r > 0, g_k = [preference(h_k, ...), r * h_k]: the
+embedding also re-weighs the objective head's crop feature, a linear taste over what the
+objective model sees (d_u then has embed_dim + feature_dim floats). d_u = 0 is the generic model. With `personal_offsets`, the crop head
 after the align step (objective head and g) also carries a personal weight offset (zero for
 the generic model): few-shot fine-tuning of that head on cached aligned features matches
 fine-tuning every weight, at a fraction of the cost.
@@ -155,11 +157,17 @@ class CropScorer(nn.Module):
         self.preference = nn.Sequential(
             nn.Linear(config.feature_dim + config.context_dim + GEOMETRY_DIM, config.preference_hidden),
             nn.ReLU(inplace=True), nn.Linear(config.preference_hidden, e))
-        self.prior_embedding = nn.Parameter(torch.randn(e) / e ** 0.5)
+        readout = torch.zeros(config.feature_dim if config.preference_readout > 0 else 0)
+        self.prior_embedding = nn.Parameter(torch.cat([torch.randn(e) / e ** 0.5, readout]))
         head_weights = None
         if config.personal_offsets:
             head_weights = {f"{m}.{n}": p for m in HEAD_MODULES for n, p in getattr(self, m).named_parameters()}
-        self.personal = PersonalState(e, config.personal_head, head_weights)
+        self.personal = PersonalState(self.preference_dim, config.personal_head, head_weights)
+
+    @property
+    def preference_dim(self) -> int:
+        """Width of e_0, d_u and g_k: embed_dim, plus feature_dim with `preference_readout`."""
+        return self.config.embed_dim + (self.config.feature_dim if self.config.preference_readout > 0 else 0)
 
     # -- stages of a forward pass, exposed so the fast paths can cache between them --
     def encode(self, images: Tensor) -> ImageEncoding:
@@ -201,7 +209,10 @@ class CropScorer(nn.Module):
         hidden = self._head_module("objective_trunk", inputs.aligned, personal)
         objective = self._head_module("objective_out", hidden, personal).squeeze(1)
         joined = torch.cat([hidden, inputs.context, inputs.geometry], dim=1)
-        return CropFeatures(objective, self._head_module("preference", joined, personal), inputs.batch_index, hidden)
+        preference = self._head_module("preference", joined, personal)
+        if self.config.preference_readout > 0:
+            preference = torch.cat([preference, self.config.preference_readout * hidden], dim=1)
+        return CropFeatures(objective, preference, inputs.batch_index, hidden)
 
     def crop_features(self, encoding: ImageEncoding, boxes: Tensor, personal: bool = True) -> CropFeatures:
         return self.head_features(self.head_inputs(encoding, boxes), personal)

@@ -185,8 +185,8 @@ def train_prior(model: CropScorer, users: Mapping[str, Sequence[CropSet]], confi
                              support=cfg.support, inner=cfg.inner, finetune=config.finetune, seed=config.seed,
                              progress=config.progress, device=device)
         model.personal.reset()
-        return log, {uid: torch.zeros(model.config.embed_dim) for uid in user_ids}
-    table = nn.Embedding(len(user_ids), model.config.embed_dim).to(device or "cpu")
+        return log, {uid: torch.zeros(model.preference_dim) for uid in user_ids}
+    table = nn.Embedding(len(user_ids), model.preference_dim).to(device or "cpu")
     nn.init.zeros_(table.weight)
     samples: list[Sample] = []
     for row, uid in enumerate(user_ids):
@@ -237,7 +237,7 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
                    device: Optional[torch.device] = None,
                    features: Optional[Sequence[CropFeatures]] = None,
                    optimizer_state: Optional[dict] = None, head_lr: float = 0.0, offset_scope: str = "all",
-                   head_inputs: Optional[Sequence[HeadInputs]] = None) -> TrainLog:
+                   head_inputs: Optional[Sequence[HeadInputs]] = None, readout: bool = False) -> TrainLog:
     """Fast path: fit the PERSONAL parameters with everything shared frozen, on cached features.
 
     d_u (+ personal head) learn at `lr`. With head_lr > 0 and a model with personal offsets,
@@ -246,6 +246,8 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
     head_lr = 0 the score is linear in d_u given cached crop features (`features`); `offset_scope`
     `compact` fits only the objective readout's offsets (model.COMPACT_OFFSETS). Either way
     the backbone runs once per image and the rest costs well under a second on a CPU.
+    `readout`: with model.preference_readout, d_u's readout coordinates learn too (only when no
+    offsets do: the objective readout's offsets already cover them); otherwise they stay put.
     `optimizer_state` continues an earlier call's Adam moments (a device keeps them between
     federated rounds); the final state is returned in the log.
     """
@@ -265,6 +267,11 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
         features_of = cached.__getitem__
         device_of = cached[0].objective.device
     targets = [s.scores.to(device_of) for s in samples]
+    frozen_readout = None
+    if model.config.preference_readout > 0 and not (readout and not offsets):
+        keep = torch.zeros_like(model.personal.delta)
+        keep[: model.config.embed_dim] = 1.0
+        frozen_readout = model.personal.delta.register_hook(lambda grad: grad * keep)
     optimizer = torch.optim.Adam(groups, lr=lr)
     if optimizer_state:
         optimizer.load_state_dict(copy.deepcopy(optimizer_state))  # load keeps references to its input
@@ -285,6 +292,8 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
             total += float(loss.detach())
             log.steps += 1
         log.epoch_losses.append(total / len(samples))
+    if frozen_readout is not None:
+        frozen_readout.remove()
     log.seconds = time.perf_counter() - start
     log.optimizer_state = copy.deepcopy(optimizer.state_dict())  # state_dict() holds live references
     return log
@@ -327,7 +336,8 @@ def personal_fit(model: CropScorer, samples: Sequence[Sample], finetune: Finetun
     return train_personal(model, samples, epochs=finetune.epochs, lr=finetune.lr, rank_weight=finetune.rank_weight,
                           smooth_l1_weight=finetune.smooth_l1_weight, delta_l2=finetune.delta_l2, seed=seed,
                           progress=progress, device=device,
-                          head_lr=finetune.head_lr if inner == "finetune" else 0.0, offset_scope=finetune.offsets)
+                          head_lr=finetune.head_lr if inner == "finetune" else 0.0, offset_scope=finetune.offsets,
+                          readout=True)
 
 
 def train_episodes(model: CropScorer, users: Sequence[Sequence[Sample]], *, epochs: int, lr: float,

@@ -5,7 +5,7 @@ import torch
 
 from pic_core.config import ModelConfig
 from pic_core.geometry import grid_anchors
-from pic_core.model import HEAD_MODULES, CropScorer, box_geometry
+from pic_core.model import HEAD_MODULES, CropScorer, box_geometry, offset_key
 from pic_core.params import (is_personal, load_personal, load_shared, personal_keys, personal_state, shared_keys,
                              shared_state)
 from pic_core.samples import boxes_with_batch
@@ -100,6 +100,28 @@ def test_compact_offsets_are_the_objective_readout_and_its_batchnorm(model):
     assert {id(p) for p in compact} < everything
     with pytest.raises(ValueError, match="offset scope"):
         model.personal.offset_parameters("head")
+
+
+def test_preference_readout_lets_d_u_reweigh_the_objective_feature():
+    """With preference_readout r, d_u's last feature_dim entries act as r x an offset on the
+    objective readout's weights; the generic model (d_u = 0) is unchanged by the option."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    plain = CropScorer(TINY).eval()
+    torch.manual_seed(0)
+    wide = CropScorer(replace(TINY, preference_readout=0.5)).eval()
+    wide.load_state_dict({k: v for k, v in plain.state_dict().items() if "prior_embedding" not in k
+                          and not k.startswith("personal.delta")}, strict=False)
+    assert wide.preference_dim == TINY.embed_dim + TINY.feature_dim == wide.personal.delta.numel()
+    torch.testing.assert_close(wide.prior_embedding[:TINY.embed_dim], plain.prior_embedding)
+    images, boxes = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(wide(images, boxes), plain(images, boxes))  # e_0's readout part starts at 0
+        taste = torch.randn(TINY.feature_dim)
+        wide.personal.delta[TINY.embed_dim:] = taste
+        plain.personal.offsets[offset_key("objective_out.weight")] += 0.5 * taste
+        torch.testing.assert_close(wide(images, boxes), plain(images, boxes))
 
 
 def test_shared_and_personal_loads_are_strict(model):

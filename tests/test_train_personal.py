@@ -79,3 +79,28 @@ def test_full_finetune_leaves_offsets_at_zero(samples):
     finetune(model, [], config, _Cache(samples))
     assert all(torch.count_nonzero(p) == 0 for p in model.personal.offset_parameters())
     assert any(not torch.equal(a, b) for a, b in zip(shared_state(model).values(), shared_state(_model()).values()))
+
+
+def test_d_u_readout_coordinates_learn_only_when_d_u_is_fitted_alone_and_asked_to(samples):
+    """model.preference_readout: d_u's readout part moves in a d_u-alone fit with readout=True (the
+    few-shot path), stays at 0 in a federated round's fit (readout=False) and beside the offsets,
+    which already cover the objective readout."""
+    from dataclasses import replace
+
+    config = replace(TINY, preference_readout=0.5)
+    embed = TINY.embed_dim
+    moved = {}
+    for name, head_lr, readout in [("alone", 0.0, True), ("round", 0.0, False), ("offsets", 1e-2, True)]:
+        torch.manual_seed(0)
+        model = CropScorer(config).eval()
+        train_personal(model, samples, epochs=5, lr=5e-2, rank_weight=1.0, smooth_l1_weight=0.0, head_lr=head_lr,
+                       readout=readout)
+        delta = model.personal.delta.detach()
+        assert float(delta[:embed].abs().sum()) > 0
+        moved[name] = float(delta[embed:].abs().sum())
+    assert moved["alone"] > 0 and moved["round"] == 0 and moved["offsets"] == 0
+    torch.manual_seed(0)
+    model = CropScorer(config).eval()
+    before = _loss(model, samples)
+    train_personal(model, samples, epochs=15, lr=5e-2, rank_weight=1.0, smooth_l1_weight=0.0, readout=True)
+    assert _loss(model, samples) < before
