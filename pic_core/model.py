@@ -2,9 +2,10 @@
 
 score_k = s_obj(h_k) + <g(h_k, context, geometry_k), e_u>  (+ personal_head(g_k))
 e_u = e_0 + d_u: e_0 is the population prior (shared), d_u the user's offset (personal,
-kept on the device). With `preference_readout` r > 0, g_k = [preference(h_k, ...), r * h_k]: the
-embedding also re-weighs the objective head's crop feature, a linear taste over what the
-objective model sees (d_u then has embed_dim + feature_dim floats). d_u = 0 is the generic model. With `personal_offsets`, the crop head
+kept on the device). d_u = 0 is the generic model. With `preference_readout` r > 0,
+g_k = [preference(h_k, ...), r * h_k]: the embedding also re-weighs the objective head's crop
+feature, a linear taste over what the objective model sees (d_u then has embed_dim +
+feature_dim floats; pic_core.train decides where that part learns). With `personal_offsets`, the crop head
 after the align step (objective head and g) also carries a personal weight offset (zero for
 the generic model): few-shot fine-tuning of that head on cached aligned features matches
 fine-tuning every weight, at a fraction of the cost.

@@ -14,11 +14,12 @@ FedRep's head/body split).
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import math
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -199,6 +200,14 @@ def train_prior(model: CropScorer, users: Mapping[str, Sequence[CropSet]], confi
     def delta_for(sample: Sample) -> Tensor:
         return table.weight[sample.user]
 
+    with readout_frozen(model, table.weight):  # as on a device: the readout part is fitted after the prior only
+        log = _joint_prior_epochs(model, user_ids, samples, parameters, cfg, config, device, delta_for)
+    deltas = {uid: table.weight[row].detach().cpu().clone() for row, uid in enumerate(user_ids)}
+    return log, deltas
+
+
+def _joint_prior_epochs(model: CropScorer, user_ids: list, samples: list, parameters: list, cfg, config: Config,
+                        device: Optional[torch.device], delta_for: Callable) -> TrainLog:
     common = dict(lr=cfg.lr, rank_weight=cfg.rank_weight, smooth_l1_weight=cfg.smooth_l1_weight,
                   weight_decay=cfg.weight_decay, progress=config.progress, device=device, delta_for=delta_for)
     if cfg.schedule == "sequential":
@@ -211,8 +220,7 @@ def train_prior(model: CropScorer, users: Mapping[str, Sequence[CropSet]], confi
             log.steps += part.steps
     else:
         log = run_epochs(model, samples, parameters, epochs=cfg.epochs, seed=config.seed, stage="prior", **common)
-    deltas = {uid: table.weight[row].detach().cpu().clone() for row, uid in enumerate(user_ids)}
-    return log, deltas
+    return log
 
 
 @torch.no_grad()
@@ -267,11 +275,6 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
         features_of = cached.__getitem__
         device_of = cached[0].objective.device
     targets = [s.scores.to(device_of) for s in samples]
-    frozen_readout = None
-    if model.config.preference_readout > 0 and not (readout and not offsets):
-        keep = torch.zeros_like(model.personal.delta)
-        keep[: model.config.embed_dim] = 1.0
-        frozen_readout = model.personal.delta.register_hook(lambda grad: grad * keep)
     optimizer = torch.optim.Adam(groups, lr=lr)
     if optimizer_state:
         optimizer.load_state_dict(copy.deepcopy(optimizer_state))  # load keeps references to its input
@@ -279,24 +282,40 @@ def train_personal(model: CropScorer, samples: Sequence[Sample], *, epochs: int,
             group["lr"] = group_lr
     rng = np.random.default_rng(seed)
     model.eval()  # BatchNorm on running statistics, no dropout: the cached features were computed so
-    for _ in tqdm(range(epochs), desc="personalize", disable=not progress, leave=False):
-        total = 0.0
-        for index in _epoch_order(len(samples), rng):
-            pred = model.combine(features_of(index))
-            loss = crop_loss(pred, targets[index], rank_weight, smooth_l1_weight, **model_loss_options(model.config))
-            if delta_l2:
-                loss = loss + delta_l2 * model.personal.delta.pow(2).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            log.steps += 1
-        log.epoch_losses.append(total / len(samples))
-    if frozen_readout is not None:
-        frozen_readout.remove()
+    with readout_frozen(model, model.personal.delta, frozen=not (readout and not offsets)):
+        for _ in tqdm(range(epochs), desc="personalize", disable=not progress, leave=False):
+            total = 0.0
+            for index in _epoch_order(len(samples), rng):
+                pred = model.combine(features_of(index))
+                loss = crop_loss(pred, targets[index], rank_weight, smooth_l1_weight,
+                                 **model_loss_options(model.config))
+                if delta_l2:
+                    loss = loss + delta_l2 * model.personal.delta.pow(2).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                log.steps += 1
+            log.epoch_losses.append(total / len(samples))
     log.seconds = time.perf_counter() - start
     log.optimizer_state = copy.deepcopy(optimizer.state_dict())  # state_dict() holds live references
     return log
+
+
+@contextmanager
+def readout_frozen(model: CropScorer, embedding: Tensor, frozen: bool = True) -> Iterator[None]:
+    """With model.preference_readout, the readout coordinates (the last feature_dim of `embedding`'s
+    last axis: d_u, or a table of them) get zero gradients inside the block, so Adam leaves them."""
+    if not frozen or model.config.preference_readout <= 0:
+        yield
+        return
+    keep = torch.zeros(embedding.shape[-1], dtype=embedding.dtype, device=embedding.device)
+    keep[: model.config.embed_dim] = 1.0
+    handle = embedding.register_hook(lambda grad: grad * keep)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def train_shared(model: CropScorer, samples: Sequence[Sample], *, epochs: int, lr: float, rank_weight: float,

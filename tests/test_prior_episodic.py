@@ -159,3 +159,18 @@ def test_personal_fit_is_the_protocols_fast_path(toy_dataset, pre_model, tiny_co
     personal_fit(embedding_only, cache.samples(user.split("train")[:3]), replace(tiny_config.finetune),
                  inner="embedding")
     assert all(float(p.abs().sum()) == 0 for p in embedding_only.personal.offset_parameters())
+
+
+def test_centralized_joint_prior_leaves_the_readout_part_of_each_d_u_at_zero(toy_dataset):
+    """model.preference_readout: as on a device, the prior stage fits the embed_dim coordinates of each
+    user's d_u and e_0's readout part (shared), never a user's readout part."""
+    config = load_config("tiny", overrides={"model.preference_readout": 0.5, "prior.epochs": 2})
+    set_seed(0)
+    model = CropScorer(config.model)
+    dataset = Dataset(toy_dataset)
+    users = {uid: dataset.user(uid).split("prior") for uid in dataset.user_ids}
+    _, deltas = train_prior(model, users, config, SampleCache(config.model.short_side))
+    embed = config.model.embed_dim
+    assert all(d.shape == (embed + config.model.feature_dim,) for d in deltas.values())
+    assert all(float(d[:embed].abs().sum()) > 0 and float(d[embed:].abs().sum()) == 0 for d in deltas.values())
+    assert float(model.prior_embedding[embed:].detach().abs().sum()) > 0
