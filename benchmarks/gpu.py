@@ -9,7 +9,7 @@ photo. Both use fedpic's compiled op (pic_core._C on the CPU, pic_core._C_cuda o
                (photo, ratio) and the agreement of the two devices: largest score difference
                relative to the score range, and the share of cases with the same top box
   personalize  `fedpic personalize --crops` (pic_core.user_crops.personalize_from_crops): the six
-               photos, one crop each (the subject box grown by 15%), fast path; time from the files
+               photos, one crop each (the subject box grown by 15% on each side), fast path; time from the files
                to the fitted state, and both devices' top-1 IoU with the crops after fitting
 
 Needs a CUDA device: without one it says so and exits with status 0 having written nothing, so
@@ -42,22 +42,15 @@ from pic_core.geometry import parse_aspect  # noqa: E402
 from pic_core.model import CropScorer  # noqa: E402
 from pic_core.ops import compiled_available  # noqa: E402
 from pic_core.user_crops import UserCrop, personalize_from_crops  # noqa: E402
-from real_photos import RATIOS, SUBJECTS, load_photo  # noqa: E402
+from real_photos import RATIOS, SUBJECTS, grown_box, load_photo  # noqa: E402
 
 DEVICES = ("cpu", "cuda")
-GROW = 0.15  # the user's crop: the subject box grown by this share of its size on each side
+GROWTH = 0.30  # the user's crop: the subject box grown by 15% of its size on each side
 
 
 def synchronized(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def grown_box(subject: tuple, size: tuple[int, int]) -> np.ndarray:
-    x1, y1, x2, y2 = subject
-    dx, dy = GROW * (x2 - x1), GROW * (y2 - y1)
-    height, width = size
-    return np.array([max(0.0, x1 - dx), max(0.0, y1 - dy), min(width, x2 + dx), min(height, y2 + dy)])
 
 
 def crop_part(croppers: dict, photos: dict, repeats: int) -> dict:
@@ -98,7 +91,7 @@ def personalize_part(model: CropScorer, photos: dict, folder: Path, repeats: int
     for name, image in photos.items():
         path = folder / f"{name}.png"
         cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1]))
-        crops.append(UserCrop(path, grown_box(SUBJECTS[name], image.shape[:2]), f"{name}:1"))
+        crops.append(UserCrop(path, grown_box(SUBJECTS[name], image.shape[:2], GROWTH), f"{name}:1"))
     config = load_config()
     times, ious = {d: [] for d in DEVICES}, {}
     for repeat in tqdm(range(repeats + 1), desc="personalize cpu/cuda"):

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from bench_models import RUNS, bench_config, machine, trained_model, write_json  # noqa: E402
-from real_photos import RATIOS, SUBJECTS, load_photo, subject_kept  # noqa: E402
+from real_photos import RATIOS, SUBJECTS, grown_box, load_photo, subject_kept  # noqa: E402
 
 from pic_core.checkpoint import load_model  # noqa: E402
 from pic_core.config import load_config  # noqa: E402
@@ -65,12 +65,6 @@ def smartcrop_box(smart, image: np.ndarray, aspect: float) -> tuple[float, float
     w, h = (230, round(230 / aspect)) if aspect >= 1 else (round(230 * aspect), 230)
     crop = smart.crop(Image.fromarray(image), w, h)["top_crop"]
     return crop["x"], crop["y"], crop["x"] + crop["width"], crop["y"] + crop["height"]
-
-
-def tight_box(subject, size: tuple[int, int]) -> np.ndarray:
-    x1, y1, x2, y2 = subject
-    gx, gy = (x2 - x1) * TIGHT_GROWTH / 2, (y2 - y1) * TIGHT_GROWTH / 2
-    return np.array([max(0, x1 - gx), max(0, y1 - gy), min(size[1], x2 + gx), min(size[0], y2 + gy)])
 
 
 def area_score_correlation(cropper: Cropper, image: np.ndarray) -> dict:
@@ -148,7 +142,7 @@ def main() -> None:
 
     # a tight taste from 5 of the user's own crops, checked on all 6 photos
     names = list(photos)
-    tight = {n: tight_box(SUBJECTS[n], photos[n].shape[:2]) for n in names}
+    tight = {n: grown_box(SUBJECTS[n], photos[n].shape[:2], TIGHT_GROWTH) for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         crops = []
         for n in names[:5]:

@@ -39,6 +39,14 @@ def load_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
+def grown_box(subject, size: tuple[int, int], growth: float) -> np.ndarray:
+    """A crop around `subject`: the box grown by `growth` of its width and height (half on each
+    side), clipped to the (height, width) photo; what a person cropping tightly might draw."""
+    x1, y1, x2, y2 = subject
+    gx, gy = (x2 - x1) * growth / 2, (y2 - y1) * growth / 2
+    return np.array([max(0, x1 - gx), max(0, y1 - gy), min(size[1], x2 + gx), min(size[0], y2 + gy)])
+
+
 def subject_kept(box, subject, threshold: float = KEPT) -> bool:
     """Whether `box` holds at least `threshold` of the `subject` box."""
     x1, y1, x2, y2 = subject
