@@ -112,7 +112,16 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
     seed = device_seed(config, server_round, user.user_id)
     exclude = BACKBONE_TAP_PREFIXES if fed.freeze_backbone else ()
     with torch_seeded(seed, settings.device):  # dropout masks: the same whichever worker runs this round
-        personal, shared = _train(model, samples, config, settings, seed, extra, exclude, proximal_mu)
+        if prior.method == "episodic":
+            shared = train_episodes(model, [samples], epochs=fed.local_epochs, lr=fed.lr,
+                                    rank_weight=prior.rank_weight, smooth_l1_weight=prior.smooth_l1_weight,
+                                    weight_decay=prior.weight_decay, finetune=config.finetune, support=prior.support,
+                                    inner=prior.inner, seed=seed, device=settings.device, exclude_prefixes=exclude,
+                                    proximal_mu=proximal_mu)
+            personal = personal_fit(model, samples, config.finetune, seed=seed, device=settings.device)
+            personal.optimizer_state = None  # a fit from d_u = 0 each round: no moments to carry
+        else:
+            personal, shared = _joint_round(model, samples, config, settings, seed, extra, exclude, proximal_mu)
     rounds = [int(r) for r in extra.get("rounds", [])] + [int(server_round)]
     store.save(model, rounds, personal.optimizer_state, previous=before)
     if isinstance(cache, TapSampleCache):
@@ -129,22 +138,6 @@ def train_round(model: CropScorer, user: UserData, config: Config, settings: Nod
     if prior.method == "episodic":
         model.personal.reset()  # the personal state is saved; the uploaded SHARED weights do not depend on it
     return TrainResult(to_numpy(shared_state(model)), metrics)
-
-
-def _train(model: CropScorer, samples: list, config: Config, settings: NodeSettings, seed: int, extra: dict,
-           exclude: tuple, proximal_mu: float):
-    """The round's training by prior.method: (personal fit log, shared training log)."""
-    fed, prior = config.federation, config.prior
-    if prior.method == "episodic":
-        shared = train_episodes(model, [samples], epochs=fed.local_epochs, lr=fed.lr, rank_weight=prior.rank_weight,
-                                smooth_l1_weight=prior.smooth_l1_weight, weight_decay=prior.weight_decay,
-                                finetune=config.finetune, support=prior.support, inner=prior.inner, seed=seed,
-                                device=settings.device, exclude_prefixes=exclude, proximal_mu=proximal_mu)
-        personal = personal_fit(model, samples, config.finetune, seed=seed, device=settings.device)
-        personal.optimizer_state = None  # a fit from d_u = 0 each round: no moments to carry
-    else:
-        personal, shared = _joint_round(model, samples, config, settings, seed, extra, exclude, proximal_mu)
-    return personal, shared
 
 
 def _joint_round(model: CropScorer, samples: list, config: Config, settings: NodeSettings, seed: int, extra: dict,

@@ -200,27 +200,21 @@ def train_prior(model: CropScorer, users: Mapping[str, Sequence[CropSet]], confi
     def delta_for(sample: Sample) -> Tensor:
         return table.weight[sample.user]
 
-    with readout_frozen(model, table.weight):  # as on a device: the readout part is fitted after the prior only
-        log = _joint_prior_epochs(model, user_ids, samples, parameters, cfg, config, device, delta_for)
-    deltas = {uid: table.weight[row].detach().cpu().clone() for row, uid in enumerate(user_ids)}
-    return log, deltas
-
-
-def _joint_prior_epochs(model: CropScorer, user_ids: list, samples: list, parameters: list, cfg, config: Config,
-                        device: Optional[torch.device], delta_for: Callable) -> TrainLog:
     common = dict(lr=cfg.lr, rank_weight=cfg.rank_weight, smooth_l1_weight=cfg.smooth_l1_weight,
                   weight_decay=cfg.weight_decay, progress=config.progress, device=device, delta_for=delta_for)
-    if cfg.schedule == "sequential":
-        log = TrainLog("prior")
-        for row, uid in enumerate(tqdm(user_ids, desc="prior users", disable=not config.progress)):
-            part = run_epochs(model, [s for s in samples if s.user == row], parameters, epochs=cfg.epochs,
-                              seed=config.seed + row, stage=f"prior[{uid}]", **common)
-            log.epoch_losses.extend(part.epoch_losses)
-            log.seconds += part.seconds
-            log.steps += part.steps
-    else:
-        log = run_epochs(model, samples, parameters, epochs=cfg.epochs, seed=config.seed, stage="prior", **common)
-    return log
+    with readout_frozen(model, table.weight):  # as on a device: the readout part is fitted after the prior only
+        if cfg.schedule == "sequential":
+            log = TrainLog("prior")
+            for row, uid in enumerate(tqdm(user_ids, desc="prior users", disable=not config.progress)):
+                part = run_epochs(model, [s for s in samples if s.user == row], parameters, epochs=cfg.epochs,
+                                  seed=config.seed + row, stage=f"prior[{uid}]", **common)
+                log.epoch_losses.extend(part.epoch_losses)
+                log.seconds += part.seconds
+                log.steps += part.steps
+        else:
+            log = run_epochs(model, samples, parameters, epochs=cfg.epochs, seed=config.seed, stage="prior", **common)
+    deltas = {uid: table.weight[row].detach().cpu().clone() for row, uid in enumerate(user_ids)}
+    return log, deltas
 
 
 @torch.no_grad()
