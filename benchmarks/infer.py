@@ -15,6 +15,9 @@ photo so a busy machine slows them alike. Times run from a decoded RGB array to 
                           the photo at a 256 px short side like the default model
   smartcrop 100px         the same for the 100 px crop of smartcrop's own command line
 
+Whether the top crop keeps the subject of real photos, next to smartcrop.py and with the time
+per photo of both: benchmarks/real_photos.py (it needs a model trained on the free candidates).
+
 Peak memory: each method runs the photos once in a fresh process (VmHWM). Quality: acc1_5
 of the default and fast models on the demo population's test images with the evaluation
 protocol (pic_core.protocol), both trained the same way (bench_models.py) unless given.

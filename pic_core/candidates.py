@@ -30,6 +30,8 @@ FREE_RATIOS = {"1:1": 1.0, "4:3": 4 / 3, "3:4": 3 / 4, "3:2": 3 / 2, "2:3": 2 / 
 PHOTO_RATIOS = tuple(FREE_RATIOS)
 MIN_SIDE = 0.5
 """The smallest boxes have half the side of the largest box of their ratio: about 1/4 of the area."""
+WHOLE_FRAME = 0.98
+"""A box covering at least this share of the photo is the uncropped photo, not a crop suggestion."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,14 @@ def ratio_boxes(height: int, width: int, aspect: float, scales: Sequence[float],
     return np.concatenate(out)
 
 
-def free_candidates(height: int, width: int, density: str = "fine") -> np.ndarray:
-    """The free candidate set of a (height, width) photo in its pixels, (M, 4) float32, deterministic."""
+def free_candidates(height: int, width: int, density: str = "fine", whole_frame: bool = True) -> np.ndarray:
+    """The free candidate set of a (height, width) photo in its pixels, (M, 4) float32, deterministic.
+
+    `whole_frame=False` leaves out the boxes that are the uncropped photo (WHOLE_FRAME of its area
+    or more): what `crop` suggests without an aspect. Synthetic users still score the whole frame,
+    so a model learns how good "no crop" is, but on real photos a model trained on rendered scenes
+    ranks it first on every photo (its free scores follow area, r 0.81-0.95), which says nothing.
+    """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if density not in DENSITIES:
@@ -84,6 +92,8 @@ def free_candidates(height: int, width: int, density: str = "fine") -> np.ndarra
         ratios.append(own)  # "free": the photo's own shape
     boxes = np.concatenate([ratio_boxes(height, width, r, scales, spec.position_step) for r in ratios])
     boxes = np.unique(np.round(boxes, 2), axis=0)
+    if not whole_frame:
+        boxes = boxes[(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) < WHOLE_FRAME * height * width]
     return boxes.astype(np.float32)
 
 

@@ -158,8 +158,8 @@ class Cropper:
     def candidates(self, size: tuple[int, int], aspect: Optional[float] = None) -> np.ndarray:
         """Candidate boxes in original pixels for an image of size (height, width).
 
-        Free aspect: the grid anchors of the network input, or the fine free set when
-        `candidate_set` is `free`. A fixed `aspect` (w/h): boxes of exactly that ratio
+        Free aspect: the grid anchors of the network input, or the fine free set less the
+        uncropped photo when `candidate_set` is `free`. A fixed `aspect` (w/h): boxes of exactly that ratio
         generated over scales and positions (not a filter of the grid; the free set's finer
         lattice for a free-set model). A panorama beyond the
         grid's ratio limits gets boxes of the widest allowed ratio.
@@ -170,7 +170,7 @@ class Cropper:
         if aspect is not None:
             return aspect_anchors(height, width, aspect)
         if self.candidate_set == "free":
-            return free_candidates(height, width, "fine")
+            return free_candidates(height, width, "fine", whole_frame=False)
         net = resized_size(height, width, self.input_short_side(size))
         boxes = grid_anchors(*net)
         if len(boxes):

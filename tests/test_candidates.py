@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pic_core.candidates import FREE_RATIOS, MIN_SIDE, candidate_set, free_candidates
+from pic_core.candidates import FREE_RATIOS, MIN_SIDE, WHOLE_FRAME, candidate_set, free_candidates
 from pic_core.config import ModelConfig
 from pic_core.cropper import Cropper
 from pic_core.geometry import box_aspect, box_iou, grid_anchors
@@ -77,7 +77,23 @@ def test_cropper_uses_the_set_its_model_names(tiny_config):
     config = ModelConfig(**{**tiny_config.model.__dict__, "candidates": "free"})
     cropper = Cropper.from_model(CropScorer(config), personal=False)
     assert cropper.candidate_set == "free"
-    assert len(cropper.candidates((300, 400))) == len(free_candidates(300, 400))
+    suggested = cropper.candidates((300, 400))
+    assert len(suggested) == len(free_candidates(300, 400)) - 1  # all but the uncropped photo
+    area = (suggested[:, 2] - suggested[:, 0]) * (suggested[:, 3] - suggested[:, 1])
+    assert area.max() < WHOLE_FRAME * 300 * 400
     grid = Cropper.from_model(CropScorer(tiny_config.model), personal=False)
     assert grid.candidate_set == "grid"
     assert len(grid.candidates((300, 400))) < 200
+
+
+@pytest.mark.parametrize("size", [(512, 512), (427, 640), (300, 451), (1080, 1920)])
+def test_suggestions_leave_out_only_the_uncropped_photo(size):
+    """Boxes of a standard ratio that fill a photo of nearly that ratio (640x427 is 3:2 to 0.1%)
+    are the uncropped photo too; every other box stays a suggestion."""
+    height, width = size
+    every = free_candidates(height, width)
+    suggested = free_candidates(height, width, whole_frame=False)
+    area = (every[:, 2] - every[:, 0]) * (every[:, 3] - every[:, 1]) / (height * width)
+    assert 1 <= len(every) - len(suggested) <= 2
+    assert len(suggested) == int((area < WHOLE_FRAME).sum())
+    assert area[area < WHOLE_FRAME].max() < 0.95  # the next box trims something visible

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from pic_core.candidates import WHOLE_FRAME
 from pic_core.config import ModelConfig, load_config
 from pic_core.cropper import Cropper
 from pic_core.model import CropScorer
@@ -140,6 +141,15 @@ def test_top_crop_keeps_the_subject(photos, free_cropper):
     without = sum(subject_kept(free_cropper.crop(image, aspect=ratio, top_k=1, keep_subjects=False)[0].box,
                                SUBJECTS[name]) for name, image in photos.items() for ratio in RATIOS)
     assert without < sum(kept.values())  # the rule is what keeps them
+
+
+def test_free_top_crop_is_a_crop(photos, free_cropper):
+    """Without an aspect the suggestions leave out the uncropped photo, so the top crop trims
+    something on every photo (the trained model's boxes: 6 distinct of 6, benchmarks/RESULTS.md)."""
+    for name, image in photos.items():
+        for result in free_cropper.crop(image, top_k=5):
+            x1, y1, x2, y2 = result.box
+            assert (x2 - x1) * (y2 - y1) < WHOLE_FRAME * image.shape[0] * image.shape[1], (name, result.box)
 
 
 def test_tight_taste_still_keeps_heads(tmp_path, photos, tiny_config):
