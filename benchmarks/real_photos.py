@@ -11,9 +11,9 @@ with hand-set subject boxes (tests/real_photos.py). Methods, photo by photo in t
 Times: median ms per crop (free and 4:5, top 5), after the quality pass (warm), methods in turns.
 
 Subject kept: the top crop holds >= 95% of the subject box, at 1:1, 16:9, 4:5 and free.
-Free top crops (no aspect): the relative box per photo, how many differ, their area, whether
-mirroring the photo mirrors the choice (mirror IoU >= 0.9), and how closely the model's scores
-follow box area.
+Free top crops (no aspect): the relative box per photo, how many differ, whether mirroring the
+photo mirrors the choice (mirror IoU >= 0.9), and how closely the model's scores follow box area
+(their areas: tight_taste.generic below).
 Taste: a user draws 5 tight crops (the subject box grown by 15%) on 5 photos; `personalize
 --crops` (user_crops.personalize_from_crops) fits them and the free top crops are compared
 before/after (area share, IoU with the tight crop, subject kept). Writes runs/bench/real_photos.json.
@@ -84,11 +84,11 @@ def area_score_correlation(cropper: Cropper, image: np.ndarray) -> dict:
             "top_lead_over_best_at_most_0.8_area": round(float(scores.max() - smaller.max()), 3) if len(smaller) else None}
 
 
-def mirror_consistency(cropper: Cropper, image: np.ndarray) -> float:
-    """IoU of the free top crop with the top crop of the mirrored photo, mirrored back: 1 when the
-    choice follows the content, lower when the model prefers one side whatever the photo shows."""
+def mirror_consistency(cropper: Cropper, image: np.ndarray, box) -> float:
+    """IoU of the free top crop `box` with the top crop of the mirrored photo, mirrored back: 1 when
+    the choice follows the content, lower when the model prefers one side whatever the photo shows."""
     width = image.shape[1]
-    box = np.array(cropper.crop(image, top_k=1)[0].box)
+    box = np.asarray(box)
     m = np.array(cropper.crop(np.ascontiguousarray(image[:, ::-1]), top_k=1)[0].box)
     back = np.array([width - m[2], m[1], width - m[0], m[3]])
     return round(float(box_iou(box[None], back[None])[0, 0]), 3)
@@ -154,7 +154,7 @@ def main() -> None:
 
     free_boxes = {n: cropper.crop(im, top_k=1)[0].box for n, im in photos.items()}
     area_score = {n: area_score_correlation(cropper, im) for n, im in photos.items()}
-    mirrored = {n: mirror_consistency(cropper, im) for n, im in photos.items()}
+    mirrored = {n: mirror_consistency(cropper, im, free_boxes[n]) for n, im in photos.items()}
     relative = {n: tuple(round(v / s, 3) for v, s in zip(b, [im.shape[1], im.shape[0]] * 2))
                 for (n, b), im in zip(free_boxes.items(), photos.values())}
 
@@ -192,7 +192,6 @@ def main() -> None:
                          "smartcrop_missed": [k for k, v in smart_kept.items() if not v]},
         "median_ms_per_crop": {m: round(float(np.median(v)), 1) for m, v in times.items()},
         "free_top_crops": {"relative_boxes": relative, "distinct": len(set(relative.values())),
-                           "area": {n: round((b[2] - b[0]) * (b[3] - b[1]), 3) for n, b in relative.items()},
                            "mirror_iou": mirrored, "mirror_consistent": sum(v >= 0.9 for v in mirrored.values()),
                            "area_score_correlation": area_score},
         "tight_taste": {"train_photos": names[:5], "personalize": report.as_dict(),

@@ -158,7 +158,7 @@ class CropScorer(nn.Module):
         self.preference = nn.Sequential(
             nn.Linear(config.feature_dim + config.context_dim + GEOMETRY_DIM, config.preference_hidden),
             nn.ReLU(inplace=True), nn.Linear(config.preference_hidden, e))
-        readout = torch.zeros(config.feature_dim if config.preference_readout > 0 else 0)
+        readout = torch.zeros(self.preference_dim - e)  # the readout part of e_0 starts at 0
         self.prior_embedding = nn.Parameter(torch.cat([torch.randn(e) / e ** 0.5, readout]))
         head_weights = None
         if config.personal_offsets:
